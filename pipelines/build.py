@@ -1,0 +1,180 @@
+"""Build a named dataset into a Zarr store, in parallel with dask, checked against `datasets.lock`.
+
+One task per chunk of `store.CHUNK` samples: it regenerates its samples from their own seeds,
+writes whole aligned chunks (no two tasks touch one chunk) and returns the chunks' block digests.
+The driver combines block digests in order, so array digests do not depend on the worker count,
+the scheduler or the order in which tasks finish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from importlib.metadata import PackageNotFoundError, version as _pkg_version
+from pathlib import Path
+
+import dask
+from dask.callbacks import Callback
+from tqdm.auto import tqdm
+
+from pipelines import store
+from pipelines.datasets import get_dataset
+from pipelines.lock import Lock, LockError, compare, recipe_digest
+
+
+class BuildError(Exception):
+    """A build that cannot proceed or disagrees with the lock (one-line message)."""
+
+
+def package_version() -> str:
+    try:
+        return _pkg_version("visatt")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a build will write: the resolved recipe and the size of every split."""
+
+    name: str
+    version: str
+    recipe: object
+    splits: dict
+    named: bool  # the recipe is the named dataset's default (no custom options, no limit)
+    sources: dict
+    source_dir: str | None
+
+
+def plan_build(name: str, *, source: str = "mnist", source_dir=None, limit: int | None = None, **options) -> Plan:
+    spec = get_dataset(name)
+    given = {k: v for k, v in options.items() if v is not None}
+    recipe = spec.family.make_recipe(source, **{**spec.defaults, **given})
+    named = limit is None and recipe == spec.family.make_recipe(source, **spec.defaults)
+    src = spec.family.load_source(recipe, str(source_dir) if source_dir else None)
+    splits = spec.family.split_sizes(recipe, src)
+    if limit is not None:
+        if limit < 1:
+            raise BuildError(f"--limit must be positive, got {limit}")
+        splits = {k: min(n, limit) for k, n in splits.items()}
+    return Plan(name, spec.version, recipe, splits, named, dict(src.checksums), str(source_dir) if source_dir else None)
+
+
+def _run_task(name: str, recipe, source_dir, path: str, split: str, start: int, stop: int):
+    """One chunk: generate samples [start, stop) of `split`, write them, return block digests."""
+    family = get_dataset(name).family
+    arrays = family.generate(recipe, family.load_source(recipe, source_dir), split, start, stop)
+    return split, start, stop - start, store.write_chunk(Path(path), split, start, arrays)
+
+
+class _Progress(Callback):
+    def __init__(self, bar):
+        super().__init__()
+        self.bar = bar
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        if isinstance(result, tuple) and len(result) == 4:
+            self.bar.update(result[2])
+
+
+def _execute(tasks, *, workers: int | None, scheduler, bar) -> list:
+    if scheduler is None:
+        with _Progress(bar):
+            return list(dask.compute(*tasks, scheduler="threads", num_workers=workers or os.cpu_count()))
+    from distributed import Client, as_completed
+
+    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+    try:
+        futures = client.compute(tasks)
+        for future in as_completed(futures):
+            bar.update(future.result()[2])
+        return client.gather(futures)
+    finally:
+        if client is not scheduler:
+            client.close()
+
+
+def build_dataset(
+    name: str,
+    out,
+    *,
+    source: str = "mnist",
+    source_dir=None,
+    limit: int | None = None,
+    workers: int | None = None,
+    scheduler=None,
+    overwrite: bool = False,
+    progress: bool = True,
+    update_lock: bool = False,
+    lock_path=None,
+    **options,
+) -> Path:
+    """Build dataset `name` into the Zarr store `out` and return its path.
+
+    `scheduler`: None for a local thread pool of `workers` threads, or a dask.distributed address
+    (or Client). Workers must see `out` (a shared filesystem). A build whose recipe is a locked
+    version must reproduce the lock's digests exactly, or it fails naming the arrays that differ
+    and leaves any previous store untouched.
+    """
+    out = Path(out)
+    plan = plan_build(name, source=source, source_dir=source_dir, limit=limit, **options)
+    digest = recipe_digest(plan.recipe)
+    lock = Lock(lock_path)
+    locked = lock.entry(name, plan.version, source) if plan.named else None
+    if locked is not None and locked["recipe_digest"] != digest:
+        raise LockError(
+            f"{lock.path}: {name} {plan.version} ({source}) is locked with recipe {locked['recipe_digest'][:19]}..., "
+            f"the code now gives {digest[:19]}...: bump the dataset version"
+        )
+    spec = get_dataset(name)
+    specs = spec.family.array_specs(plan.recipe)
+    with store.atomic_store(out, overwrite=overwrite) as partial:
+        store.create_arrays(partial, plan.splits, specs)
+        tasks = [
+            dask.delayed(_run_task, pure=True)(name, plan.recipe, plan.source_dir, str(partial), split, a, min(a + store.CHUNK, n))
+            for split, n in plan.splits.items()
+            for a in range(0, n, store.CHUNK)
+        ]
+        total = sum(plan.splits.values())
+        with tqdm(total=total, unit="img", desc=f"build {name}", disable=not progress, leave=False) as bar:
+            results = _execute(tasks, workers=workers, scheduler=scheduler, bar=bar)
+        digests = {}
+        for split, n in plan.splits.items():
+            mine = sorted((r for r in results if r[0] == split), key=lambda r: r[1])
+            for array, (tail, dtype) in specs.items():
+                blocks = [r[3][array] for r in mine]
+                digests[f"{split}/{array}"] = store.combine_digests((n, *tail), dtype, blocks)
+        if locked is not None:
+            differ = compare(locked["digests"], digests)
+            if differ:
+                raise LockError(
+                    f"{name} {plan.version} ({source}) does not reproduce {lock.path}: "
+                    f"arrays that differ: {', '.join(differ)}"
+                )
+        attrs = {
+            "dataset": name,
+            "version": plan.version if plan.named else None,
+            "frozen": locked is not None,
+            "task": spec.family.task,
+            "num_classes": 10,
+            "recipe": dataclasses.asdict(plan.recipe),
+            "recipe_digest": digest,
+            "limit": limit,
+            "splits": plan.splits,
+            "sources": plan.sources,
+            "digests": digests,
+            "package_version": package_version(),
+        }
+        store.finalize(partial, attrs)
+        entry = {
+            "recipe": attrs["recipe"],
+            "recipe_digest": digest,
+            "sources": plan.sources,
+            "digests": digests,
+            "splits": plan.splits,
+        }
+        if update_lock:
+            if not plan.named:
+                raise LockError(f"only the named recipe of {name} can be locked (no custom options, no --limit)")
+            lock.record(name, plan.version, source, entry)
+    return out

@@ -1,0 +1,123 @@
+"""Translated and cluttered MNIST (Mnih et al. 2014; Ba et al. 2015; the seed article).
+
+A 28x28 MNIST digit is pasted fully inside a blank canvas at a uniformly random position; the
+cluttered variants first add `clutter_count` random `clutter_size` x `clutter_size` crops of
+*other* random digits of the same split, also fully inside. Overlaps add and clip at 255; pixels
+stay uint8 (never binarised).
+
+Splits: `train` and `val` partition MNIST's 60k training digits by a seeded permutation
+(`val_size` digits go to `val`); `test` is MNIST's 10k test digits in file order. Every source
+digit is the main digit of exactly one canvas of its split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from pipelines.canvas import crop, named_rng, paste, sample_rng
+from pipelines.sources import MnistSource, load_mnist
+
+DIGIT = 28
+_PERMUTATION = 1000  # spawn key of the train/val permutation (sample keys use split codes 0..3)
+
+
+@dataclasses.dataclass(frozen=True)
+class MnistCanvasRecipe:
+    """Everything that decides the bytes of a translated/cluttered MNIST store."""
+
+    canvas: int = 100
+    clutter_count: int = 8
+    clutter_size: int = 9
+    val_size: int = 6000
+    seed: int = 0
+    source: str = "mnist"  # "mnist" (the real files, from the cache) or "sample" (embedded)
+    generator: int = 1  # bumped whenever the sampling code changes the bytes
+
+    def __post_init__(self):
+        if self.canvas < DIGIT:
+            raise ValueError(f"canvas {self.canvas} is smaller than a {DIGIT}x{DIGIT} digit")
+        if not 1 <= self.clutter_size <= DIGIT:
+            raise ValueError(f"clutter size {self.clutter_size} must be in 1..{DIGIT}")
+        if self.clutter_count < 0 or self.val_size < 0 or self.seed < 0:
+            raise ValueError("clutter count, val size and seed must be non-negative")
+
+
+class MnistCanvasFamily:
+    """Builder of single-digit canvases; the build machinery calls these four methods."""
+
+    recipe_type = MnistCanvasRecipe
+    task = "digit"
+
+    def make_recipe(self, source: str, **options) -> MnistCanvasRecipe:
+        if options.get("val_size") is None:
+            n_train = len(load_mnist(source).train_labels) if source == "sample" else 60000
+            options["val_size"] = n_train // 10  # 6,000 of MNIST's 60,000, as the seed article
+        return MnistCanvasRecipe(source=source, **options)
+
+    def load_source(self, recipe: MnistCanvasRecipe, source_dir: str | None = None) -> MnistSource:
+        return load_mnist(recipe.source, source_dir if recipe.source == "mnist" else None)
+
+    def split_sizes(self, recipe: MnistCanvasRecipe, source: MnistSource) -> dict[str, int]:
+        pools = split_pools(recipe, source)
+        return {split: len(labels) for split, (_, labels) in pools.items()}
+
+    def array_specs(self, recipe: MnistCanvasRecipe) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Per-sample shape and dtype of every array of a split."""
+        c = recipe.canvas
+        return {"images": ((c, c, 1), "uint8"), "labels": ((), "uint8"), "boxes": ((4,), "int32")}
+
+    def generate(self, recipe: MnistCanvasRecipe, source: MnistSource, split: str, start: int, stop: int):
+        return generate(recipe, source, split, start, stop)
+
+
+def split_pools(recipe: MnistCanvasRecipe, source: MnistSource) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(images, labels) of the source digits of each split, in sample order."""
+    return _split_pools(recipe.seed, recipe.val_size, source)
+
+
+@functools.lru_cache(maxsize=8)
+def _split_pools(seed: int, val_size: int, source: MnistSource):
+    n = len(source.train_labels)
+    if val_size > n:
+        raise ValueError(f"val size {val_size} exceeds the {n} training digits of source {source.name!r}")
+    order = named_rng(seed, _PERMUTATION).permutation(n)
+    train, val = np.sort(order[: n - val_size]), np.sort(order[n - val_size :])
+    return {
+        "train": (source.train_images[train], source.train_labels[train]),
+        "val": (source.train_images[val], source.train_labels[val]),
+        "test": (source.test_images, source.test_labels),
+    }
+
+
+def generate(recipe: MnistCanvasRecipe, source: MnistSource, split: str, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Samples [start, stop) of `split`: images (B, C, C, 1) uint8, labels (B,), boxes (B, 4)."""
+    pool_images, pool_labels = split_pools(recipe, source)[split]
+    n_pool = len(pool_labels)
+    b, c, k, n_clutter = stop - start, recipe.canvas, recipe.clutter_size, recipe.clutter_count
+    if n_clutter and n_pool < 2:
+        raise ValueError(f"split {split!r} has {n_pool} digit(s): clutter needs another digit")
+    top = np.empty(b, np.int64)  # (B,)
+    left = np.empty(b, np.int64)  # (B,)
+    others = np.empty((b, n_clutter), np.int64)  # (B, K) pool indices of clutter sources
+    crop_at = np.empty((b, n_clutter, 2), np.int64)  # (B, K, 2) crop offset inside the 28x28 digit
+    place_at = np.empty((b, n_clutter, 2), np.int64)  # (B, K, 2) crop position on the canvas
+    for row, index in enumerate(range(start, stop)):
+        rng = sample_rng(recipe.seed, split, index)
+        top[row], left[row] = rng.integers(0, c - DIGIT + 1, size=2)
+        if n_clutter:
+            other = rng.integers(0, n_pool - 1, size=n_clutter)
+            others[row] = other + (other >= index)  # any digit of the split but this one
+            crop_at[row] = rng.integers(0, DIGIT - k + 1, size=(n_clutter, 2))
+            place_at[row] = rng.integers(0, c - k + 1, size=(n_clutter, 2))
+
+    canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C), wide enough for 9 overlapping pastes
+    for j in range(n_clutter):  # distractors first, as DeepMind's generator; addition commutes anyway
+        patches = crop(pool_images[others[:, j]], crop_at[:, j, 0], crop_at[:, j, 1], k)
+        paste(canvas, patches, place_at[:, j, 0], place_at[:, j, 1])
+    paste(canvas, pool_images[start:stop], top, left)
+    images = np.minimum(canvas, 255).astype(np.uint8)[..., None]  # (B, C, C, 1)
+    boxes = np.stack([top, left, np.full(b, DIGIT), np.full(b, DIGIT)], axis=1).astype(np.int32)
+    return {"images": images, "labels": pool_labels[start:stop].copy(), "boxes": boxes}
