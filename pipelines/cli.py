@@ -1,0 +1,211 @@
+"""`visatt-data`: fetch sources, build, verify, inspect and preview dataset stores.
+
+Each command parses its options and calls one library function; errors are one line, exit 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from pipelines import sources
+from pipelines.build import BuildError, build_dataset
+from pipelines.datasets import DATASETS, get_dataset
+from pipelines.lock import Lock, LockError
+from pipelines.preview import format_info, preview, store_info
+from pipelines.store import StoreError
+from pipelines.verify import verify_store
+
+_ERRORS = (sources.SourceError, StoreError, LockError, BuildError, ValueError, KeyError)
+
+
+def _one_line_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _ERRORS as e:
+            message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            raise click.ClickException(str(message).splitlines()[0]) from None
+
+    return wrapper
+
+
+def _terminate_cleanly():
+    """Turn SIGTERM into SystemExit so an interrupted build removes its partial store."""
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+lock_option = click.option(
+    "--lock", "lock_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Lock file (default: $VISATT_LOCK, else datasets.lock of this checkout).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="visatt")
+def main():
+    """Deterministic, versioned digit datasets in Zarr v3 stores.
+
+    \b
+    Quick start (offline, on the embedded real-MNIST sample):
+      visatt-data build mnist-cluttered --source sample --out sample.zarr
+      visatt-data info sample.zarr
+    Full MNIST:
+      visatt-data fetch mnist            (or: fetch mnist --from DIR)
+      visatt-data build mnist-cluttered --out mnist-cluttered.zarr
+      visatt-data verify mnist-cluttered.zarr
+
+    Sources are cached under $VISATT_HOME (default ~/.cache/visatt).
+    """
+
+
+@main.command()
+@click.argument("dataset", type=click.Choice(["mnist"]))
+@click.option("--from", "from_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Verify local copies in DIR and copy them into the cache instead of downloading.")
+@click.option("--mirror", "mirrors", multiple=True, metavar="URL",
+              help="Mirror base URL to try (repeatable; default: the known MNIST mirrors).")
+@click.option("--retries", default=3, show_default=True, help="Attempts per mirror and file.")
+@_one_line_errors
+def fetch(dataset, from_dir, mirrors, retries):
+    """Download (or import with --from) the raw source files and verify their checksums.
+
+    Checksums are sha256 of the decompressed content, so re-compressed mirrors verify too.
+    """
+    if from_dir:
+        for path in sources.import_mnist(from_dir):
+            click.echo(f"{path.name}: verified, cached at {path}")
+    else:
+        sources.fetch_mnist(mirrors=tuple(mirrors) or sources.MNIST_MIRRORS, retries=retries, log=click.echo)
+
+
+@main.command()
+@click.argument("name", type=click.Choice(sorted(DATASETS)), metavar="NAME")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Store to write (default: ./NAME.zarr).")
+@click.option("--source", type=click.Choice(["mnist", "sample"]), default="mnist", show_default=True,
+              help="'mnist': the real files in the cache (visatt-data fetch mnist); "
+                   "'sample': the small real-MNIST sample shipped in the package (offline).")
+@click.option("--source-dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Read the MNIST files from DIR instead of the cache (checksums still verified).")
+@click.option("--canvas", type=click.IntRange(28), help="Canvas side in pixels.")
+@click.option("--clutter-count", type=click.IntRange(0), help="Clutter crops per canvas.")
+@click.option("--clutter-size", type=click.IntRange(1, 28), help="Side of each clutter crop.")
+@click.option("--val-size", type=click.IntRange(0), help="Training digits carved out for 'val' (default 10%).")
+@click.option("--seed", type=click.IntRange(0), help="Dataset seed (default 0).")
+@click.option("--limit", type=click.IntRange(1), help="Cap each split at N samples (quick runs; never a frozen version).")
+@click.option("--workers", type=click.IntRange(1), help="Threads of the local pool (default: CPU count).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="dask.distributed scheduler address; its workers must see --out.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store (only once the new one is complete).")
+@click.option("--update-lock", is_flag=True, help="Record this build in the lock file if its version is new.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@lock_option
+@_one_line_errors
+def build(name, out, source, source_dir, limit, workers, scheduler, overwrite, update_lock, quiet, lock_path, **options):
+    """Build dataset NAME into a Zarr v3 store.
+
+    The store is written beside --out and renamed into place when complete, so a failed or
+    interrupted build leaves any previous store untouched. A build of a locked version must
+    reproduce the lock's digests exactly. Options that change the recipe make an unlocked build.
+    """
+    _terminate_cleanly()
+    out = out or Path(f"{name}.zarr")
+    build_dataset(
+        name, out, source=source, source_dir=source_dir, limit=limit, workers=workers, scheduler=scheduler,
+        overwrite=overwrite, progress=not quiet, update_lock=update_lock, lock_path=lock_path, **options,
+    )
+    click.echo(format_info(store_info(out)))
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@lock_option
+@_one_line_errors
+def verify(path, lock_path):
+    """Recompute every array digest of the store at PATH and compare with its attributes and the lock.
+
+    Exit 0 only when everything matches; otherwise name each difference and exit 1.
+    """
+    problems, notes = verify_store(path, lock_path)
+    for note in notes:
+        click.echo(note)
+    if problems:
+        for p in problems:
+            click.echo(f"MISMATCH {p}", err=True)
+        raise click.exceptions.Exit(1)
+    click.echo(f"{path}: OK, every digest matches")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_one_line_errors
+def info(path, as_json):
+    """Show a store's splits, array shapes, label histograms and recipe."""
+    data = store_info(path)
+    click.echo(json.dumps(data, indent=2) if as_json else format_info(data))
+
+
+@main.command(name="preview")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG to write (default: PATH with suffix -preview.png).")
+@click.option("--split", default="test", show_default=True)
+@click.option("--count", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--columns", default=8, show_default=True, type=click.IntRange(1))
+@_one_line_errors
+def preview_cmd(path, out, split, count, columns):
+    """Write a PNG grid of samples with their labels and digit boxes."""
+    out = out or path.with_name(path.stem + "-preview.png")
+    click.echo(preview(path, out, split=split, count=count, columns=columns))
+
+
+@main.command(name="list")
+@lock_option
+@_one_line_errors
+def list_cmd(lock_path):
+    """List the known datasets and the versions frozen in the lock file."""
+    lock = Lock(lock_path)
+    for name, spec in sorted(DATASETS.items()):
+        click.echo(f"{name} {spec.version}: {spec.description}")
+        for n, version, source in lock.versions():
+            if n == name:
+                click.echo(f"    locked {version} ({source}): {lock.entry(n, version, source)['recipe_digest'][:23]}...")
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True, type=click.Choice(sorted(DATASETS)), metavar="NAME...")
+@click.option("--source", "sources_", multiple=True, type=click.Choice(["mnist", "sample"]),
+              help="Sources to lock (repeatable; default both).")
+@click.option("--workers", type=click.IntRange(1))
+@lock_option
+@_one_line_errors
+def lock(names, sources_, workers, lock_path):
+    """Build each NAME's current version in a scratch folder and record it in the lock file.
+
+    This is how a new dataset version is frozen. An existing entry is only ever confirmed, never
+    rewritten with other data.
+    """
+    _terminate_cleanly()
+    for name in names:
+        for source in sources_ or ("mnist", "sample"):
+            with tempfile.TemporaryDirectory(prefix="visatt-lock-") as tmp:
+                build_dataset(name, Path(tmp) / "store.zarr", source=source, workers=workers,
+                              update_lock=True, lock_path=lock_path)
+            click.echo(f"locked {name} {get_dataset(name).version} ({source})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
