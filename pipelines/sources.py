@@ -162,17 +162,23 @@ def sample_files() -> tuple[SourceFile, ...]:
     return tuple(sorted(out, key=lambda f: order.index(f.name)))
 
 
-@functools.lru_cache(maxsize=4)
 def load_mnist(source: str = "mnist", directory: str | None = None) -> MnistSource:
     """Load and verify MNIST: `source="mnist"` from the cache (or `directory`), `"sample"` embedded.
 
-    Cached per process so each dask worker decodes the files once.
+    Cached per process and folder, so each dask worker decodes the files once.
     """
     if source == "sample":
-        return _read_set(Path(str(resources.files("pipelines") / "data")), sample_files(), "sample")
+        return _load_verified("sample", str(resources.files("pipelines") / "data"))
     if source != "mnist":
         raise SourceError(f"unknown MNIST source {source!r} (expected 'mnist' or 'sample')")
-    root = Path(directory) if directory else mnist_cache_dir()
+    return _load_verified("mnist", str(Path(directory) if directory else mnist_cache_dir()))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_verified(source: str, directory: str) -> MnistSource:
+    if source == "sample":
+        return _read_set(Path(directory), sample_files(), "sample")
+    root = Path(directory)
     missing = [f.name for f in MNIST_FILES if not (root / f"{f.name}.gz").exists() and not (root / f.name).exists()]
     if missing:
         raise SourceError(
