@@ -1,0 +1,231 @@
+"""Multi-digit datasets built from real MNIST, in SVHN's label layout.
+
+- `mnist-sequences`: 1 to 5 digits of one split laid left to right like a house number. Each digit
+  is a 28x28 cell; consecutive cells are `min_gap..max_gap` pixels apart (negative: the cells
+  overlap, MNIST's empty margins keep the strokes apart) and each cell drops 0..`jitter` pixels.
+  The strip is shrunk (never enlarged) with PIL's bilinear filter until it fits the canvas, then
+  placed at a uniformly random position fully inside it. Optional clutter as in `mnist-cluttered`.
+- `mnist-pairs` (Ba et al. 2015, "MNIST pairs"): two digits at uniformly random positions of a
+  100x100 canvas, fully inside and (by default) not overlapping; labels in reading order, i.e.
+  left to right by the digit's left edge (top edge breaks ties).
+
+Both write `labels` (N, 5) uint8 padded with BLANK (10), `lengths` (N,) and `boxes` (N, 5, 4) int32
+(top, left, height, width of each digit's cell in canvas pixels, padded with 0), so models and
+tools treat them like SVHN. Splits, sizes and the train/val carve are those of the MNIST canvas
+datasets: sample i of a split has that split's source digit i as one of its digits (its position
+in the number is random), so every source digit appears; the other digits are drawn uniformly from
+the other digits of the same split. Overlaps add and clip at 255.
+
+Every sample draws only from its own generator seeded from (seed, split, index).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from PIL import Image
+
+from pipelines.canvas import crop, paste, sample_rng
+from pipelines.mnist import DIGIT, split_pools
+from pipelines.sources import MnistSource, load_mnist
+
+MAX_LENGTH = 5
+BLANK = 10
+RESAMPLE = Image.Resampling.BILINEAR  # shrinking a strip (PIL's antialiased triangle filter)
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceRecipe:
+    """Everything that decides the bytes of an `mnist-sequences` store."""
+
+    canvas: int = 64
+    min_length: int = 1
+    max_length: int = 5
+    min_gap: int = -4  # pixels between consecutive 28x28 cells, before fitting
+    max_gap: int = 4
+    jitter: int = 6  # each cell drops 0..jitter pixels
+    clutter_count: int = 0
+    clutter_size: int = 8
+    val_size: int = 6000
+    seed: int = 0
+    source: str = "mnist"
+    generator: int = 1  # bumped whenever the sampling code changes the bytes
+
+    def __post_init__(self):
+        if not 1 <= self.min_length <= self.max_length <= MAX_LENGTH:
+            raise ValueError(f"lengths must satisfy 1 <= min {self.min_length} <= max {self.max_length} <= {MAX_LENGTH}")
+        if self.min_gap > self.max_gap or self.min_gap <= -DIGIT:
+            raise ValueError(f"gaps must satisfy -{DIGIT} < min {self.min_gap} <= max {self.max_gap}")
+        if self.canvas < 8 or self.jitter < 0 or not 1 <= self.clutter_size <= min(DIGIT, self.canvas):
+            raise ValueError("canvas >= 8, jitter >= 0 and 1 <= clutter size <= min(28, canvas) required")
+        if self.clutter_count < 0 or self.val_size < 0 or self.seed < 0:
+            raise ValueError("clutter count, val size and seed must be non-negative")
+
+
+@dataclasses.dataclass(frozen=True)
+class PairsRecipe:
+    """Everything that decides the bytes of an `mnist-pairs` store."""
+
+    canvas: int = 100
+    overlap: bool = False  # allow the two 28x28 digits to overlap
+    clutter_count: int = 0
+    clutter_size: int = 8
+    val_size: int = 6000
+    seed: int = 0
+    source: str = "mnist"
+    generator: int = 1
+
+    def __post_init__(self):
+        if self.canvas < (DIGIT if self.overlap else 2 * DIGIT):
+            raise ValueError(f"canvas {self.canvas} cannot hold two {DIGIT}x{DIGIT} digits")
+        if self.clutter_count < 0 or self.val_size < 0 or self.seed < 0 or not 1 <= self.clutter_size <= DIGIT:
+            raise ValueError("clutter count, val size and seed must be non-negative, clutter size in 1..28")
+
+
+def _empty(b: int) -> dict[str, np.ndarray]:
+    return {
+        "labels": np.full((b, MAX_LENGTH), BLANK, np.uint8),  # (B, 5)
+        "lengths": np.zeros(b, np.uint8),  # (B,)
+        "boxes": np.zeros((b, MAX_LENGTH, 4), np.int32),  # (B, 5, 4)
+    }
+
+
+def _others(rng: np.random.Generator, n_pool: int, index: int, count: int) -> np.ndarray:
+    """`count` uniform pool indices other than `index` (with replacement)."""
+    if count and n_pool < 2:
+        raise ValueError(f"the split has {n_pool} digit(s): a sample needs another digit")
+    other = rng.integers(0, n_pool - 1, size=count)
+    return other + (other >= index)
+
+
+def _clutter(canvas: np.ndarray, rng_rows: list, pool_images: np.ndarray, index0: int, count: int, size: int) -> None:
+    """Add `count` random `size` x `size` crops of other digits of the split to each canvas (vectorised)."""
+    if not count:
+        return
+    b, c = len(canvas), canvas.shape[1]
+    others = np.empty((b, count), np.int64)  # (B, K)
+    crop_at = np.empty((b, count, 2), np.int64)  # (B, K, 2)
+    place_at = np.empty((b, count, 2), np.int64)  # (B, K, 2)
+    for row, rng in enumerate(rng_rows):
+        others[row] = _others(rng, len(pool_images), index0 + row, count)
+        crop_at[row] = rng.integers(0, DIGIT - size + 1, size=(count, 2))
+        place_at[row] = rng.integers(0, c - size + 1, size=(count, 2))
+    for j in range(count):
+        patches = crop(pool_images[others[:, j]], crop_at[:, j, 0], crop_at[:, j, 1], size)
+        paste(canvas, patches, place_at[:, j, 0], place_at[:, j, 1])
+
+
+def generate_sequences(
+    recipe: SequenceRecipe, pool_images: np.ndarray, pool_labels: np.ndarray, split: str, start: int, stop: int
+) -> dict[str, np.ndarray]:
+    """Samples [start, stop) of `split` from its source digits `pool_images` (P, 28, 28) uint8:
+    images (B, C, C, 1) uint8, labels (B, 5), lengths (B,), boxes (B, 5, 4)."""
+    b, c, n_pool = stop - start, recipe.canvas, len(pool_labels)
+    out = _empty(b)
+    canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C), wide enough for overlapping adds
+    rngs = []
+    for row, index in enumerate(range(start, stop)):
+        rng = sample_rng(recipe.seed, split, index)
+        rngs.append(rng)
+        length = int(rng.integers(recipe.min_length, recipe.max_length + 1))
+        others = _others(rng, n_pool, index, length - 1)
+        digits = np.insert(others, rng.integers(0, length), index)  # (L,) the source digit at a random place
+        gaps = rng.integers(recipe.min_gap, recipe.max_gap + 1, size=length - 1)  # (L - 1,)
+        drops = rng.integers(0, recipe.jitter + 1, size=length)  # (L,)
+        lefts = np.concatenate([[0], np.cumsum(DIGIT + gaps)])  # (L,) cell lefts in the strip
+        strip = np.zeros((DIGIT + recipe.jitter, lefts[-1] + DIGIT), np.uint16)  # (H, W)
+        for i in range(length):
+            strip[drops[i] : drops[i] + DIGIT, lefts[i] : lefts[i] + DIGIT] += pool_images[digits[i]]
+        h, w = strip.shape
+        fit = min(1.0, c / h, c / w)
+        fh, fw = min(c, max(1, round(h * fit))), min(c, max(1, round(w * fit)))
+        if (fh, fw) != (h, w):
+            strip = np.asarray(
+                Image.fromarray(np.minimum(strip, 255).astype(np.uint8)).resize((fw, fh), resample=RESAMPLE)
+            )
+        top, left = int(rng.integers(0, c - fh + 1)), int(rng.integers(0, c - fw + 1))
+        canvas[row, top : top + fh, left : left + fw] += strip
+        sy, sx = fh / h, fw / w  # exact per-axis scale PIL used
+        y0, y1 = np.rint(top + drops * sy), np.rint(top + (drops + DIGIT) * sy)
+        x0, x1 = np.rint(left + lefts * sx), np.rint(left + (lefts + DIGIT) * sx)
+        out["boxes"][row, :length] = np.stack([y0, x0, y1 - y0, x1 - x0], axis=1)
+        out["labels"][row, :length] = pool_labels[digits]
+        out["lengths"][row] = length
+    # Clutter draws come after the digit draws of each sample's generator; pasted under the digits
+    # (addition commutes, so the order of pasting does not change the bytes).
+    _clutter(canvas, rngs, pool_images, start, recipe.clutter_count, recipe.clutter_size)
+    out["images"] = np.minimum(canvas, 255).astype(np.uint8)[..., None]  # (B, C, C, 1)
+    return out
+
+
+def generate_pairs(
+    recipe: PairsRecipe, pool_images: np.ndarray, pool_labels: np.ndarray, split: str, start: int, stop: int
+) -> dict[str, np.ndarray]:
+    """Samples [start, stop) of `split`: two digits on a canvas, images (B, C, C, 1) uint8,
+    labels (B, 5) (two digits in reading order, then blanks), lengths (B,) = 2, boxes (B, 5, 4)."""
+    b, c, n_pool = stop - start, recipe.canvas, len(pool_labels)
+    out = _empty(b)
+    digits = np.empty((b, 2), np.int64)  # (B, 2) pool indices in reading order
+    at = np.empty((b, 2, 2), np.int64)  # (B, 2, [top, left])
+    rngs = []
+    for row, index in enumerate(range(start, stop)):
+        rng = sample_rng(recipe.seed, split, index)
+        rngs.append(rng)
+        pair = np.array([index, _others(rng, n_pool, index, 1)[0]])
+        first = rng.integers(0, c - DIGIT + 1, size=2)
+        while True:  # rejection sampling: the second digit must not overlap the first
+            second = rng.integers(0, c - DIGIT + 1, size=2)
+            if recipe.overlap or np.any(np.abs(second - first) >= DIGIT):
+                break
+        order = np.lexsort(([first[0], second[0]], [first[1], second[1]]))  # by left, then top
+        digits[row], at[row] = pair[order], np.stack([first, second])[order]
+    canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C)
+    _clutter(canvas, rngs, pool_images, start, recipe.clutter_count, recipe.clutter_size)
+    for j in range(2):
+        paste(canvas, pool_images[digits[:, j]], at[:, j, 0], at[:, j, 1])
+    out["images"] = np.minimum(canvas, 255).astype(np.uint8)[..., None]  # (B, C, C, 1)
+    out["labels"][:, :2] = pool_labels[digits]
+    out["lengths"][:] = 2
+    out["boxes"][:, :2] = np.concatenate([at, np.full((b, 2, 2), DIGIT)], axis=2)
+    return out
+
+
+class SequenceFamily:
+    """Builder of multi-digit MNIST datasets; the build machinery calls these methods."""
+
+    task = "sequence"
+    max_length = MAX_LENGTH
+
+    def __init__(self, recipe_type, generate_fn):
+        self.recipe_type = recipe_type
+        self._generate = generate_fn
+
+    def make_recipe(self, source: str, **options):
+        if options.get("val_size") is None:
+            n_train = len(load_mnist(source).train_labels) if source == "sample" else 60000
+            options["val_size"] = n_train // 10  # as the MNIST canvas datasets
+        return self.recipe_type(source=source, **options)
+
+    def load_source(self, recipe, source_dir: str | None = None) -> MnistSource:
+        return load_mnist(recipe.source, source_dir if recipe.source == "mnist" else None)
+
+    def split_sizes(self, recipe, source: MnistSource) -> dict[str, int]:
+        return {split: len(labels) for split, (_, labels) in split_pools(recipe, source).items()}
+
+    def array_specs(self, recipe) -> dict[str, tuple[tuple[int, ...], str]]:
+        c = recipe.canvas
+        return {
+            "images": ((c, c, 1), "uint8"),
+            "labels": ((MAX_LENGTH,), "uint8"),
+            "lengths": ((), "uint8"),
+            "boxes": ((MAX_LENGTH, 4), "int32"),
+        }
+
+    def generate(self, recipe, source: MnistSource, split: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        pool_images, pool_labels = split_pools(recipe, source)[split]
+        return self._generate(recipe, pool_images, pool_labels, split, start, stop)
+
+
+SEQUENCES = SequenceFamily(SequenceRecipe, generate_sequences)
+PAIRS = SequenceFamily(PairsRecipe, generate_pairs)

@@ -1,0 +1,127 @@
+"""mnist-sequences and mnist-pairs: layout, exact digits at their boxes, reading order, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pipelines import sequences as seq
+from pipelines.sources import load_mnist
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """60 real MNIST digits (the embedded sample) as a split's source digits."""
+    src = load_mnist("sample")
+    return src.test_images[:60], src.test_labels[:60]
+
+
+def _check_layout(out: dict, b: int, c: int):
+    assert out["images"].shape == (b, c, c, 1) and out["images"].dtype == np.uint8
+    assert out["labels"].shape == (b, 5) and out["labels"].dtype == np.uint8
+    assert out["lengths"].shape == (b,) and out["lengths"].dtype == np.uint8
+    assert out["boxes"].shape == (b, 5, 4) and out["boxes"].dtype == np.int32
+    for labels, n, boxes in zip(out["labels"], out["lengths"], out["boxes"]):
+        assert np.all(labels[:n] <= 9) and np.all(labels[n:] == seq.BLANK)
+        assert np.all(boxes[n:] == 0) and np.all(boxes[:n, 2:] > 0)
+        assert np.all(boxes[:n, :2] >= 0) and np.all(boxes[:n, :2] + boxes[:n, 2:] <= c)
+
+
+def _find(digit: np.ndarray, pool_images: np.ndarray) -> list[int]:
+    return [i for i, d in enumerate(pool_images) if np.array_equal(d, digit)]
+
+
+def test_sequences_layout_and_source_digit(pool):
+    images, labels = pool
+    recipe = seq.SequenceRecipe()
+    out = seq.generate_sequences(recipe, images, labels, "train", 0, 60)
+    _check_layout(out, 60, 64)
+    assert set(out["lengths"].tolist()) == {1, 2, 3, 4, 5}
+    for i in range(60):  # sample i holds source digit i (at a random place in the number)
+        assert labels[i] in out["labels"][i, : out["lengths"][i]]
+    five = np.flatnonzero(out["lengths"] == 5)[0]
+    assert out["boxes"][five, :5, 2].max() < 28  # a 5-digit strip is shrunk to fit 64 pixels
+    lefts = out["boxes"][:, :, 1]
+    for n, row in zip(out["lengths"], lefts):
+        assert np.all(np.diff(row[:n]) > 0)  # left to right
+
+
+def test_sequences_unscaled_digits_sit_exactly_at_their_boxes(pool):
+    images, labels = pool
+    recipe = seq.SequenceRecipe(canvas=160, min_gap=0, max_gap=3, jitter=5)  # fits unscaled, no overlap
+    out = seq.generate_sequences(recipe, images, labels, "test", 0, 30)
+    for i in range(30):
+        covered = np.zeros((160, 160), bool)
+        for j in range(out["lengths"][i]):
+            t, l, h, w = out["boxes"][i, j]
+            assert (h, w) == (28, 28)
+            found = _find(out["images"][i, t : t + h, l : l + w, 0], images)
+            assert found and labels[found[0]] == out["labels"][i, j]
+            covered[t : t + h, l : l + w] = True
+        assert not out["images"][i, ~covered].any()  # nothing outside the digits
+
+
+def test_sequences_clutter_changes_pixels_only(pool):
+    images, labels = pool
+    plain = seq.generate_sequences(seq.SequenceRecipe(), images, labels, "val", 0, 20)
+    cluttered = seq.generate_sequences(seq.SequenceRecipe(clutter_count=4), images, labels, "val", 0, 20)
+    for k in ("labels", "lengths", "boxes"):
+        np.testing.assert_array_equal(plain[k], cluttered[k])
+    assert (cluttered["images"].astype(int) >= plain["images"]).all()
+    assert cluttered["images"].sum() > plain["images"].sum()
+
+
+@pytest.mark.parametrize("family", [seq.SEQUENCES, seq.PAIRS])
+def test_samples_do_not_depend_on_chunking(pool, family):
+    images, labels = pool
+    recipe = family.recipe_type(clutter_count=2)
+    whole = family._generate(recipe, images, labels, "train", 0, 50)
+    parts = [family._generate(recipe, images, labels, "train", a, b) for a, b in ((0, 7), (7, 31), (31, 50))]
+    for k in whole:
+        np.testing.assert_array_equal(whole[k], np.concatenate([p[k] for p in parts]))
+    other = family._generate(dataclasses.replace(recipe, seed=1), images, labels, "train", 0, 50)
+    assert not np.array_equal(whole["images"], other["images"])
+    assert not np.array_equal(whole["images"], family._generate(recipe, images, labels, "test", 0, 50)["images"])
+
+
+def test_pairs_reading_order_and_exact_digits(pool):
+    images, labels = pool
+    out = seq.generate_pairs(seq.PairsRecipe(), images, labels, "train", 0, 60)
+    _check_layout(out, 60, 100)
+    assert np.all(out["lengths"] == 2)
+    boxes = out["boxes"]
+    assert np.all(boxes[:, :2, 2:] == 28)
+    assert np.all(boxes[:, 0, 1] <= boxes[:, 1, 1])  # reading order: left to right
+    apart = np.any(np.abs(boxes[:, 0, :2] - boxes[:, 1, :2]) >= 28, axis=1)
+    assert apart.all()  # the two digits never overlap by default
+    for i in range(60):
+        digits = []
+        for j in range(2):
+            t, l = boxes[i, j, :2]
+            found = _find(out["images"][i, t : t + 28, l : l + 28, 0], images)
+            assert found and labels[found[0]] == out["labels"][i, j]
+            digits += found
+        assert i in digits  # sample i holds source digit i
+
+
+def test_recipes_check_their_options():
+    with pytest.raises(ValueError, match="lengths"):
+        seq.SequenceRecipe(max_length=6)
+    with pytest.raises(ValueError, match="gaps"):
+        seq.SequenceRecipe(min_gap=-28)
+    with pytest.raises(ValueError, match="cannot hold two"):
+        seq.PairsRecipe(canvas=50)
+
+
+def test_family_on_the_embedded_sample():
+    family = seq.SEQUENCES
+    recipe = family.make_recipe("sample")
+    source = family.load_source(recipe)
+    assert family.split_sizes(recipe, source) == {"train": 2700, "val": 300, "test": 2000}
+    assert family.array_specs(recipe) == {
+        "images": ((64, 64, 1), "uint8"), "labels": ((5,), "uint8"), "lengths": ((), "uint8"), "boxes": ((5, 4), "int32"),
+    }
+    out = family.generate(recipe, source, "val", 290, 300)
+    _check_layout(out, 10, 64)
