@@ -1,0 +1,84 @@
+"""CNN baselines: shapes, scaling, loss and metric, one fit step, serialisation. Any backend."""
+
+import keras
+import numpy as np
+import pytest
+
+from visatt_models.cnn import CNN, CNNConfig
+
+
+def batch(n=6, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8), rng.integers(0, 10, n).astype(np.uint8)
+
+
+@pytest.mark.parametrize("arch, widths", [("seed", (4, 8)), ("modern", (4, 8, 16))])
+def test_logits_shape_and_fit_step(arch, widths):
+    keras.utils.set_random_seed(0)
+    images, labels = batch()
+    model = CNN(CNNConfig(arch=arch, widths=widths, dense=16, num_classes=10))
+    out = model(images)
+    assert set(out) == {"logits"} and tuple(out["logits"].shape) == (6, 10)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=None)
+    before = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    # Two steps: the residual branch's last BN starts at gamma = 0, so its conv gets a
+    # gradient only from the second step on.
+    logs = model.fit(images, labels, batch_size=3, epochs=1, verbose=0).history
+    assert set(logs) == {"loss", "accuracy"} and np.isfinite(logs["loss"][0])
+    unchanged = [w.path for a, w in zip(before, model.trainable_weights) if np.allclose(a, keras.ops.convert_to_numpy(w))]
+    assert not unchanged, f"weights without a gradient: {unchanged}"
+
+
+def test_modern_is_translation_robust_shape_free():
+    """Global average pooling: the modern CNN accepts any canvas size with the same weights."""
+    model = CNN(CNNConfig(arch="modern", widths=(4, 8)))
+    assert tuple(model(batch(size=40)[0])["logits"].shape) == (6, 10)
+    assert tuple(model(batch(size=28)[0])["logits"].shape) == (6, 10)
+
+
+def test_loss_is_cross_entropy_of_scaled_input_and_tracks_accuracy():
+    keras.utils.set_random_seed(1)
+    images, labels = batch(n=8)
+    model = CNN(CNNConfig(widths=(4, 8), dense=16))
+    logits = keras.ops.convert_to_numpy(model(images)["logits"]).astype(np.float64)
+    same = keras.ops.convert_to_numpy(model(images.astype(np.float32))["logits"])  # uint8 and float pixels alike
+    np.testing.assert_allclose(logits, same, rtol=1e-5, atol=1e-5)
+    log_p = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    expected = -log_p[np.arange(8), labels].mean()
+    model.compile(optimizer="adam", loss=None)
+    result = model.evaluate(images, labels, batch_size=8, verbose=0, return_dict=True)
+    assert result["loss"] == pytest.approx(expected, rel=1e-4)
+    assert result["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
+
+
+def test_dropout_only_in_training():
+    keras.utils.set_random_seed(2)
+    images, _ = batch()
+    model = CNN(CNNConfig(widths=(4, 8), dense=16, dropout=0.5, dense_dropout=0.5))
+    a, b = (keras.ops.convert_to_numpy(model(images)["logits"]) for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, keras.ops.convert_to_numpy(model(images, training=True)["logits"]))
+
+
+def test_config_validation():
+    assert CNNConfig(arch="modern").widths == (32, 64, 128, 256)
+    assert CNNConfig().widths == (32, 64)
+    with pytest.raises(ValueError, match="arch"):
+        CNNConfig(arch="vgg")
+    with pytest.raises(ValueError, match="stem width"):
+        CNNConfig(arch="modern", widths=(8,))
+
+
+@pytest.mark.parametrize("arch", ["seed", "modern"])
+def test_save_and_load_round_trip(tmp_path, arch):
+    keras.utils.set_random_seed(3)
+    images, labels = batch()
+    config = CNNConfig(arch=arch, widths=(4, 8, 8)[: 2 if arch == "seed" else 3], dense=16, num_classes=5)
+    model = CNN(config)
+    model.compile(optimizer="adam", loss=None)
+    model.fit(images, labels % 5, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded, CNN) and loaded.config == config
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(images)["logits"]), keras.ops.convert_to_numpy(model(images)["logits"]), rtol=1e-5, atol=1e-6)
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 1

@@ -1,0 +1,100 @@
+"""Model registry, presets and typed key=value overrides."""
+
+import dataclasses
+from typing import Literal
+
+import pytest
+
+from visatt_models.cnn import CNN, CNN_PRESETS, CNNConfig
+from visatt_models.config import (
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    convert,
+    get_model_spec,
+    make_config,
+    parse_overrides,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    n: int = 1
+    rate: float = 0.5
+    flag: bool = False
+    name: str = "a"
+    mode: Literal["x", "y"] = "x"
+    sizes: tuple[int, ...] = (1, 2)
+    pair: tuple[int, float] = (1, 1.0)
+    maybe: int | None = None
+
+    def __post_init__(self):
+        if self.n < 0:
+            raise ValueError("n must be non-negative")
+
+
+def test_overrides_convert_every_field_type():
+    c = parse_overrides(
+        Example,
+        ["n=3", "rate=1e-3", "flag=yes", "name=b=c", "mode=y", "sizes=4,5,6", "pair=(2, 0.25)", "maybe=7"],
+    )
+    assert c == Example(n=3, rate=1e-3, flag=True, name="b=c", mode="y", sizes=(4, 5, 6), pair=(2, 0.25), maybe=7)
+    assert isinstance(c.rate, float) and isinstance(c.sizes, tuple)
+    assert parse_overrides(Example, ["maybe=none", "sizes=8,", "flag=0"]) == Example(maybe=None, sizes=(8,), flag=False)
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("bogus=1", "unknown key 'bogus'"),
+        ("n=1.5", "expected an integer"),
+        ("rate=fast", "expected a number"),
+        ("flag=maybe", "expected a boolean"),
+        ("mode=z", "expected one of x, y"),
+        ("sizes=1,a", "expected an integer"),
+        ("pair=1,2,3", "expected 2 comma-separated values"),
+        ("n", "not of the form key=value"),
+        ("n=-1", "n must be non-negative"),
+    ],
+)
+def test_bad_overrides_are_clear_errors(item, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_overrides(Example, [item])
+
+
+def test_repeated_key_is_an_error():
+    with pytest.raises(ConfigError, match="set twice"):
+        parse_overrides(Example, ["n=1", "n=2"])
+
+
+def test_convert_literal_keeps_the_literal_type():
+    assert convert("2", Literal[1, 2]) == 2 and isinstance(convert("2", Literal[1, 2]), int)
+
+
+def test_registry_presets_and_fields():
+    spec = get_model_spec("cnn")
+    assert spec.model_cls is CNN and spec.config_cls is CNNConfig and set(spec.presets) == set(CNN_PRESETS)
+    config = make_config(spec, preset="modern", overrides=["dropout=0.1"], num_classes=7)
+    assert config.arch == "modern" and config.widths == (32, 64, 128, 256)
+    assert config.dropout == 0.1 and config.num_classes == 7
+    with pytest.raises(ConfigError, match="unknown preset 'nope'.*modern"):
+        make_config(spec, preset="nope")
+    with pytest.raises(ConfigError, match="unknown model 'vit'"):
+        get_model_spec("vit")
+
+
+def test_invalid_config_values_are_config_errors():
+    spec = get_model_spec("cnn")
+    with pytest.raises(ConfigError, match="exactly 2 conv widths"):
+        make_config(spec, overrides=["widths=8,16,32"])
+    with pytest.raises(ConfigError, match="dropout"):
+        make_config(spec, overrides=["dropout=1.5"])
+
+
+def test_dict_round_trip_restores_tuples():
+    config = CNNConfig(arch="modern", widths=(8, 16, 32))
+    values = config_to_dict(config)
+    values["widths"] = list(values["widths"])  # as JSON gives it back
+    assert config_from_dict(CNNConfig, values) == config
+    with pytest.raises(ConfigError, match="no field"):
+        config_from_dict(CNNConfig, {**values, "extra": 1})

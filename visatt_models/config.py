@@ -1,0 +1,202 @@
+"""Model registry and typed `key=value` overrides of the config dataclasses.
+
+Each model module defines its own frozen config dataclass and a dict of named presets; this
+module only maps a model name to (model class, config class, presets) and turns command-line
+strings into a checked config:
+
+    spec = get_model_spec("cnn")
+    config = make_config(spec, preset="modern", overrides=["widths=16,32,64", "dropout=0.2"])
+    model = spec.model_cls(config)
+
+An unknown model, preset or key, or a value of the wrong type, raises `ConfigError` with a
+one-line message. Model modules are imported on first use, so `--help` stays fast and a model
+whose module is missing fails with a clear message, not at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import types
+import typing
+from typing import Any, Literal
+
+# name -> (module, model class, config class, presets dict)
+_MODELS = {
+    "cnn": ("visatt_models.cnn", "CNN", "CNNConfig", "CNN_PRESETS"),
+    "ram": ("visatt_models.ram", "RAM", "RAMConfig", "RAM_PRESETS"),
+    "stn": ("visatt_models.stn", "STN", "STNConfig", "STN_PRESETS"),
+}
+MODEL_NAMES = tuple(_MODELS)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_NONE = {"none", "null"}
+
+
+class ConfigError(ValueError):
+    """A model name, preset, override key or value is not valid (one-line message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    model_cls: type
+    config_cls: type
+    presets: dict
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    module_name, model, config, presets = _MODELS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        raise ConfigError(f"model {name!r} is not available: module {module_name} does not exist") from None
+    return ModelSpec(name, getattr(module, model), getattr(module, config), dict(getattr(module, presets, {})))
+
+
+def make_config(spec: ModelSpec, *, preset: str | None = None, overrides: list[str] = (), **fields):
+    """The config of `spec`: its preset (or the dataclass defaults), then `fields`, then `overrides`."""
+    if preset is None:
+        base = spec.config_cls()
+    elif preset in spec.presets:
+        base = spec.presets[preset]
+        if isinstance(base, dict):  # a preset may also be given as field values
+            base = _construct(spec.config_cls, base)
+    else:
+        known = ", ".join(sorted(spec.presets)) or "none"
+        raise ConfigError(f"unknown preset {preset!r} for model {spec.name!r}; known: {known}")
+    if fields:
+        base = replace(base, **fields)
+    return parse_overrides(type(base), overrides, base=base)
+
+
+def parse_overrides(config_cls: type, overrides: list[str], *, base=None):
+    """Apply `["key=value", ...]` to `base` (default: `config_cls()`), converting by field type.
+
+    Supported field types: int, float, bool (true/false/yes/no/1/0), str, Literal[...],
+    tuple[T, ...] and tuple[T1, T2] (comma-separated, brackets optional), and `X | None`
+    ("none"). Raises ConfigError for a malformed item, an unknown or repeated key, a value that
+    does not convert, or a value the config's own validation rejects.
+    """
+    base = config_cls() if base is None else base
+    fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
+    hints = typing.get_type_hints(config_cls)
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        if key not in fields:
+            raise ConfigError(f"unknown key {key!r} for {config_cls.__name__}; valid keys: {', '.join(fields)}")
+        if key in changes:
+            raise ConfigError(f"key {key!r} is set twice")
+        try:
+            changes[key] = convert(text.strip(), hints[key])
+        except ValueError as e:
+            raise ConfigError(f"{key}={text!r}: {e}") from None
+    return replace(base, **changes)
+
+
+def replace(config, **changes):
+    """`dataclasses.replace` with the config's validation errors turned into ConfigError."""
+    try:
+        return dataclasses.replace(config, **changes)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid {type(config).__name__}: {e}") from None
+
+
+def _construct(config_cls: type, values: dict):
+    try:
+        return config_cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid {config_cls.__name__}: {e}") from None
+
+
+def config_to_dict(config) -> dict:
+    """JSON-ready field values (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(config_cls: type, values: dict):
+    """Inverse of `config_to_dict`; unknown keys are an error (the config changed since)."""
+    hints = typing.get_type_hints(config_cls)
+    names = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{config_cls.__name__} has no field(s) {', '.join(unknown)}")
+    return _construct(config_cls, {k: _from_json(v, hints[k]) for k, v in values.items()})
+
+
+def _from_json(value, tp):
+    """Lists back to tuples, recursively, where the field type says tuple."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return value if value is None or len(args) != 1 else _from_json(value, args[0])
+    if origin is tuple and isinstance(value, list):
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_json(v, args[0]) for v in value)
+        return tuple(_from_json(v, a) for v, a in zip(value, args)) if args else tuple(value)
+    return value
+
+
+def convert(text: str, tp) -> Any:
+    """Convert one command-line string to type `tp`; ValueError says what was expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and text.lower() in _NONE:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return convert(text, arg)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors))
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        for choice in choices:
+            try:
+                if convert(text, type(choice)) == choice:
+                    return choice
+            except ValueError:
+                pass
+        raise ValueError(f"expected one of {', '.join(map(str, choices))}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        inner = text.strip("()[] ")
+        parts = [p.strip() for p in inner.split(",")] if inner else []
+        if parts and parts[-1] == "":  # allow a trailing comma: "8,"
+            parts.pop()
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(convert(p, args[0]) for p in parts)
+        if len(parts) != len(args):
+            raise ValueError(f"expected {len(args)} comma-separated values, got {len(parts)}")
+        return tuple(convert(p, a) for p, a in zip(parts, args))
+    if tp is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError(f"expected a boolean (true/false), got {text!r}")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+    if tp is str:
+        return text
+    raise ValueError(f"fields of type {tp} cannot be set from the command line")
