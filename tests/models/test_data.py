@@ -1,0 +1,94 @@
+"""Store reading: attributes, limits, in-memory vs streamed splits, per-epoch shuffling."""
+
+import numpy as np
+import pytest
+import zarr
+
+from stores import tiny_store
+from visatt_models.data import Batches, Split, StoreError, open_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """2,100 train (3 chunks of 1,000), 300 val, 2,000 test samples of 28x28 translated MNIST."""
+    return tiny_store(tmp_path_factory.mktemp("data") / "mid.zarr", name="mnist-translated", limit=2100, canvas=28)
+
+
+def test_store_facts_come_from_the_attributes(store):
+    info = open_store(store)
+    attrs = zarr.open_group(str(store), mode="r").attrs["visatt"]
+    assert info.dataset == "mnist-translated" == attrs["dataset"]
+    assert info.recipe_digest == attrs["recipe_digest"] and info.recipe_digest.startswith("sha256:")
+    assert info.num_classes == attrs["num_classes"] == 10 and info.task == "digit"
+    assert info.image_shape == (28, 28, 1)
+    assert info.splits == {"train": 2100, "val": 300, "test": 2000}
+    assert info.identity == {"dataset": info.dataset, "version": info.version, "recipe_digest": info.recipe_digest}
+
+
+def test_not_a_store_is_a_clear_error(tmp_path):
+    with pytest.raises(StoreError, match="no such store"):
+        open_store(tmp_path / "missing.zarr")
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=3)
+    with pytest.raises(StoreError, match="not a visatt store"):
+        open_store(tmp_path / "plain.zarr")
+
+
+def test_limit_caps_each_split_to_its_first_samples(store):
+    info = open_store(store)
+    split = Split(info, "train", limit=1500)
+    assert len(split) == 1500 and split.num_chunks == 2
+    full = zarr.open_group(str(store), mode="r")["train"]
+    np.testing.assert_array_equal(split.arrays[1], full["labels"][:1500])
+    assert len(Split(info, "val", limit=5000)) == 300
+
+
+def epoch_samples(batches):
+    images, labels = zip(*(batches[i] for i in range(len(batches))))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+@pytest.mark.parametrize("memory_limit", [2**30, 1500 * (28 * 28 + 1)], ids=["in-memory", "streamed"])
+def test_epoch_is_a_permutation_and_depends_on_seed_and_epoch_only(store, memory_limit):
+    info = open_store(store)
+    split = Split(info, "train", memory_limit=memory_limit)
+    assert split.in_memory == (memory_limit == 2**30)
+    if not split.in_memory:
+        assert split.window_chunks == 1  # two 1,000-sample windows fit the limit, three do not
+    images, labels = split.arrays  # (N, 28, 28, 1), (N,)
+    key = {images[i].tobytes(): labels[i] for i in range(len(labels))}
+    assert len(key) == len(labels)  # every canvas is distinct, so it identifies its sample
+
+    batches = Batches(split, 256, shuffle=True, seed=7, epoch=3)
+    assert len(batches) == 9 and batches[8][0].shape == (52, 28, 28, 1)
+    got_images, got_labels = epoch_samples(batches)
+    assert sorted(img.tobytes() for img in got_images) == sorted(key)  # each sample exactly once
+    assert all(key[img.tobytes()] == lab for img, lab in zip(got_images, got_labels))  # pairs intact
+    assert not np.array_equal(got_labels, labels)  # shuffled
+
+    again = Batches(split, 256, shuffle=True, seed=7, epoch=0)
+    again.set_epoch(3)
+    np.testing.assert_array_equal(epoch_samples(again)[1], got_labels)  # a resumed run sees the same epoch
+    batches.set_epoch(4)
+    assert not np.array_equal(epoch_samples(batches)[1], got_labels)
+    assert not np.array_equal(epoch_samples(Batches(split, 256, shuffle=True, seed=8, epoch=3))[1], got_labels)
+
+
+def test_streamed_and_in_memory_read_the_same_samples(store):
+    info = open_store(store)
+    memory, streamed = Split(info, "test"), Split(info, "test", memory_limit=1)
+    assert memory.in_memory and not streamed.in_memory
+    indices = np.array([1999, 0, 1000, 999, 5])
+    for a, b in zip(memory.read(indices), streamed.read(indices)):
+        np.testing.assert_array_equal(a, b)
+    ordered = [Batches(s, 300, shuffle=False) for s in (memory, streamed)]
+    for a, b in zip(epoch_samples(ordered[0]), epoch_samples(ordered[1])):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(epoch_samples(ordered[0])[1], memory.arrays[1])  # unshuffled: store order
+
+
+def test_training_drops_only_a_partial_last_batch(store):
+    split = Split(open_store(store), "val")  # 300 samples
+    assert len(Batches(split, 128, shuffle=True, drop_remainder=True)) == 2
+    assert Batches(split, 128, shuffle=True, drop_remainder=True).samples_per_epoch == 256
+    assert len(Batches(split, 128, shuffle=False)) == 3
+    assert len(Batches(split, 512, shuffle=True, drop_remainder=True)) == 1  # fewer samples than a batch

@@ -1,0 +1,233 @@
+"""Reading visatt Zarr stores for training: store facts, splits and shuffled batches.
+
+The store layout is documented in docs/store-layout.md; everything the trainer needs to know
+about the data (dataset name, version, recipe digest, task, number of classes, image shape)
+comes from the root attributes `attrs["visatt"]` and the arrays, never from constants here.
+
+A split is held in memory when its (limited) images and labels fit under `memory_limit`
+bytes, and streamed chunk by chunk otherwise. Either way a `Batches` iterator (a
+`keras.utils.PyDataset`, so `fit` accepts it on TensorFlow and JAX) yields
+`(images (B, H, W, C) uint8, labels (B,) or (B, L) uint8)`.
+
+Shuffling. The order of epoch `e` is drawn from its own generator,
+`default_rng(SeedSequence(seed, spawn_key=(SHUFFLE_KEY, e)))`, so it depends only on the run
+seed and the epoch number: a resumed run sees exactly the batches the uninterrupted run would
+have seen. A streamed split is shuffled in two levels, as a shuffle buffer would: the order of
+its chunks is permuted, consecutive chunks are grouped into windows that fit the memory limit,
+and samples are permuted within each window. A split held in memory is one window, so its
+samples are permuted uniformly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+import zarr
+
+ATTRS_KEY = "visatt"
+SPLITS = ("train", "val", "test")
+DEFAULT_MEMORY_LIMIT = 2 * 2**30  # bytes per split held in memory; larger splits are streamed
+SHUFFLE_KEY = 0x5EED  # spawn key that separates the data order from other uses of the run seed
+
+
+class StoreError(Exception):
+    """A store is missing, unreadable or not a visatt store (one-line message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreInfo:
+    """What a store says about itself (root attributes) plus its split sizes and image shape."""
+
+    path: Path
+    dataset: str
+    version: str | None
+    frozen: bool
+    recipe_digest: str
+    task: str  # "digit" or "sequence"
+    num_classes: int
+    image_shape: tuple[int, ...]  # (H, W, C)
+    splits: dict[str, int]  # split -> number of samples in the store
+    digests: dict[str, str]  # "<split>/<array>" -> array digest
+
+    @property
+    def identity(self) -> dict:
+        """The facts that name the data a model was trained on (recorded in run.json)."""
+        return {"dataset": self.dataset, "version": self.version, "recipe_digest": self.recipe_digest}
+
+
+def open_store(path: str | Path) -> StoreInfo:
+    """Read and check a store's attributes; raises StoreError with a one-line reason."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: no such store")
+    try:
+        with warnings.catch_warnings():  # consolidated metadata is a zarr extension: it warns
+            warnings.simplefilter("ignore")
+            root = zarr.open_group(store=str(path), mode="r", zarr_format=3)
+    except Exception as e:  # zarr raises several types for a folder that is not a group
+        raise StoreError(f"{path}: not a readable Zarr v3 store ({type(e).__name__}: {e})") from None
+    attrs = root.attrs.get(ATTRS_KEY)
+    if attrs is None:
+        raise StoreError(f"{path}: not a visatt store (no '{ATTRS_KEY}' root attributes)")
+    missing = [k for k in ("dataset", "recipe_digest", "task", "num_classes") if k not in attrs]
+    if missing:
+        raise StoreError(f"{path}: root attributes lack {', '.join(missing)}")
+    sizes, shapes = {}, set()
+    for split in SPLITS:
+        if split not in root:
+            raise StoreError(f"{path}: no '{split}' split")
+        group = root[split]
+        if "images" not in group or "labels" not in group:
+            raise StoreError(f"{path}: split '{split}' lacks images or labels")
+        images, labels = group["images"], group["labels"]
+        if images.dtype != np.uint8 or images.ndim != 4 or labels.shape[0] != images.shape[0]:
+            raise StoreError(f"{path}: {split}/images must be (N, H, W, C) uint8 with N labels")
+        sizes[split] = int(images.shape[0])
+        shapes.add(tuple(int(d) for d in images.shape[1:]))
+    if len(shapes) != 1:
+        raise StoreError(f"{path}: splits have different image shapes {sorted(shapes)}")
+    return StoreInfo(
+        path=path,
+        dataset=str(attrs["dataset"]),
+        version=attrs.get("version"),
+        frozen=bool(attrs.get("frozen", False)),
+        recipe_digest=str(attrs["recipe_digest"]),
+        task=str(attrs["task"]),
+        num_classes=int(attrs["num_classes"]),
+        image_shape=shapes.pop(),
+        splits=sizes,
+        digests=dict(attrs.get("digests", {})),
+    )
+
+
+class Split:
+    """The first `limit` samples of one split, in memory or read chunk by chunk.
+
+    `read_chunks(chunks)` returns (images, labels) of whole chunks concatenated in the given
+    order; `read(indices)` any samples in the given order.
+    """
+
+    def __init__(self, info: StoreInfo, name: str, *, limit: int | None = None, memory_limit: int = DEFAULT_MEMORY_LIMIT):
+        if name not in info.splits:
+            raise StoreError(f"{info.path}: no split {name!r}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be positive, got {limit}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            group = zarr.open_group(store=str(info.path), mode="r", zarr_format=3)[name]
+        self.info, self.name = info, name
+        self._images, self._labels = group["images"], group["labels"]
+        self.size = info.splits[name] if limit is None else min(limit, info.splits[name])
+        self.chunk = int(self._images.chunks[0])  # samples per chunk
+        self.num_chunks = -(-self.size // self.chunk)
+        self.sample_bytes = int(np.prod(self._images.shape[1:])) + int(np.prod(self._labels.shape[1:], dtype=int))
+        self.in_memory = self.size * self.sample_bytes <= memory_limit
+        # Streaming keeps two windows (the current one and the next) within the memory limit.
+        self.window_chunks = self.num_chunks if self.in_memory else max(1, memory_limit // (2 * self.chunk * self.sample_bytes))
+        if self.in_memory:
+            self._cache = (np.asarray(self._images[: self.size]), np.asarray(self._labels[: self.size]))
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(images, labels) of the whole split; reads it all when it is streamed."""
+        return self._cache if self.in_memory else self._read_range(0, self.size)
+
+    def chunk_range(self, c: int) -> tuple[int, int]:
+        return c * self.chunk, min((c + 1) * self.chunk, self.size)
+
+    def read_chunks(self, chunks) -> tuple[np.ndarray, np.ndarray]:
+        parts = [self._read_range(*self.chunk_range(c)) for c in chunks]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.in_memory:
+            return self._cache[0][indices], self._cache[1][indices]
+        chunks = np.unique(indices // self.chunk)
+        images, labels = self.read_chunks(chunks)
+        position = np.searchsorted(chunks, indices // self.chunk) * self.chunk + indices % self.chunk
+        return images[position], labels[position]
+
+    def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.in_memory:
+            return self._cache[0][start:stop], self._cache[1][start:stop]
+        return np.asarray(self._images[start:stop]), np.asarray(self._labels[start:stop])
+
+
+class Batches(keras.utils.PyDataset):
+    """Batches of a split for `fit`/`evaluate`/`predict`: `(images, labels)` numpy arrays.
+
+    shuffle: draw a new order every epoch (see the module docstring); call `set_epoch(e)`
+        before epoch `e` (the trainer does it from a callback).
+    drop_remainder: drop the last partial batch (training; when the split holds at least
+        one full batch). Evaluation keeps every sample.
+    """
+
+    def __init__(self, split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, drop_remainder: bool = False):
+        super().__init__(workers=1, use_multiprocessing=False)  # zarr must not run in forked workers
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}")
+        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
+        self.drop_remainder = drop_remainder and len(split) >= batch_size
+        self._epoch = None
+        self._windows: dict[int, tuple] = {}  # window index -> (images, labels), at most 2 kept
+        self.set_epoch(epoch)
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return len(self) * self.batch_size if self.drop_remainder else len(self.split)
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_remainder else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the sample order of `epoch` (a pure function of the seed and `epoch`)."""
+        if epoch == self._epoch:
+            return
+        self._epoch = epoch
+        self._windows.clear()
+        split = self.split
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(SHUFFLE_KEY, epoch))) if self.shuffle else None
+        # In memory there is one window and its sample permutation is already uniform.
+        chunk_order = rng.permutation(split.num_chunks) if rng is not None and not split.in_memory else np.arange(split.num_chunks)
+        w = split.window_chunks
+        self._window_chunks = [chunk_order[i : i + w] for i in range(0, split.num_chunks, w)]
+        # order[k] = (window, position inside the window's concatenated chunks) of the k-th sample
+        windows, positions = [], []
+        for i, chunks in enumerate(self._window_chunks):
+            count = sum(split.chunk_range(c)[1] - split.chunk_range(c)[0] for c in chunks)
+            within = rng.permutation(count) if rng is not None else np.arange(count)
+            windows.append(np.full(count, i))
+            positions.append(within)
+        self._order_window = np.concatenate(windows)  # (N,)
+        self._order_position = np.concatenate(positions)  # (N,)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
+        sl = slice(index * self.batch_size, min((index + 1) * self.batch_size, len(self.split)))
+        window, position = self._order_window[sl], self._order_position[sl]
+        images, labels = [], []
+        for w in np.unique(window):  # a batch spans at most two consecutive windows
+            data = self._window(int(w))
+            pick = position[window == w]
+            images.append(data[0][pick])
+            labels.append(data[1][pick])
+        return np.concatenate(images), np.concatenate(labels)
+
+    def _window(self, w: int):
+        if self.split.in_memory:  # one window: the whole split, in natural order
+            return self.split.arrays
+        if w not in self._windows:
+            for old in [k for k in self._windows if k < w - 1 or k > w]:
+                del self._windows[old]
+            self._windows[w] = self.split.read_chunks(self._window_chunks[w])
+        return self._windows[w]
