@@ -1,0 +1,191 @@
+"""RAM: shapes, the hybrid loss's gradient flow, fit, saving, seeding, Monte-Carlo evaluation.
+
+Runs on whichever Keras backend the environment selects (KERAS_BACKEND).
+"""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from visatt_models.ram import RAM, RAM_PRESETS, RAMConfig
+
+TINY = RAMConfig(glimpses=3, patch_size=4, scales=2, glimpse_hidden=8, location_hidden=8,
+                 glimpse_size=16, core_size=16, seed=3)
+
+
+@pytest.fixture
+def batch():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 20, 24, 1), dtype=np.uint8)  # non-square on purpose
+    labels = rng.integers(0, 10, 8).astype(np.uint8)
+    return images, labels
+
+
+def weights_of(layer):
+    return [keras.ops.convert_to_numpy(w) for w in layer.weights]
+
+
+def changed(before, after):
+    return any(np.any(a != b) for a, b in zip(before, after))
+
+
+def fit_one_step(model, images, labels):
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    return model.fit(images, labels, batch_size=len(images), epochs=1, verbose=0, shuffle=False)
+
+
+@pytest.mark.parametrize("core", ["lstm", "rnn"])
+def test_output_shapes(batch, core):
+    images, _ = batch
+    model = RAM(dataclasses.replace(TINY, core=core, location_clip=0.5))
+    out = model(images)
+    assert tuple(out["logits"].shape) == (8, 10)
+    assert tuple(out["locations"].shape) == (8, 3, 2)
+    assert tuple(out["means"].shape) == (8, 3, 2)
+    assert tuple(out["log_pi"].shape) == (8, 3)
+    assert tuple(out["baseline"].shape) == (8, 3)
+    assert np.abs(np.asarray(out["locations"])).max() <= 0.5  # clipped
+
+
+def test_log_pi_is_the_gaussian_density_of_the_sample(batch):
+    images, _ = batch
+    config = dataclasses.replace(TINY, std=0.3, location_clip=100.0)  # no clipping
+    out = RAM(config)(images)
+    l, mu = np.asarray(out["locations"]), np.asarray(out["means"])
+    expected = np.sum(-0.5 * ((l - mu) / 0.3) ** 2 - math.log(0.3) - 0.5 * math.log(2 * math.pi), -1)
+    np.testing.assert_allclose(np.asarray(out["log_pi"]), expected, rtol=1e-5, atol=1e-5)
+    # The samples really are spread around the means with the configured std.
+    assert 0.1 < np.std(l - mu) < 0.6
+
+
+@pytest.mark.parametrize("core", ["lstm", "rnn"])
+def test_fit_step_tracks_every_loss_term(batch, core):
+    images, labels = batch
+    model = RAM(dataclasses.replace(TINY, core=core))
+    history = fit_one_step(model, images, labels).history
+    for name in ("loss", "ce_loss", "reinforce_loss", "baseline_loss", "accuracy"):
+        assert name in history and np.isfinite(history[name][0]), name
+    cfg = model.config
+    parts = cfg.ce_weight * history["ce_loss"][0] + cfg.reinforce_weight * history["reinforce_loss"][0]
+    parts += cfg.baseline_weight * history["baseline_loss"][0]
+    assert history["loss"][0] == pytest.approx(parts, rel=1e-4, abs=1e-5)
+    assert history["ce_loss"][0] > 0 and history["baseline_loss"][0] > 0
+    logs = model.evaluate(images, labels, verbose=0, return_dict=True)
+    assert {"ce_loss", "reinforce_loss", "baseline_loss", "accuracy"} <= set(logs)
+
+
+def test_reinforce_alone_trains_the_location_network(batch):
+    images, labels = batch
+    model = RAM(dataclasses.replace(TINY, ce_weight=0.0, baseline_weight=0.0))
+    model(images)
+    location, core = weights_of(model.location_network), weights_of(model.core_network)
+    action = weights_of(model.action_network)
+    fit_one_step(model, images, labels)
+    assert changed(location, weights_of(model.location_network))
+    # Undetached, the policy gradient reaches the core (paper); the classifier gets none.
+    assert changed(core, weights_of(model.core_network))
+    assert not changed(action, weights_of(model.action_network))
+
+
+def test_detached_policy_gradient_stops_at_h_t(batch):
+    images, labels = batch
+    model = RAM(dataclasses.replace(TINY, ce_weight=0.0, baseline_weight=0.0,
+                                    detach_policy_gradient=True))
+    model(images)
+    location, core = weights_of(model.location_network), weights_of(model.core_network)
+    glimpse = weights_of(model.glimpse_network)
+    fit_one_step(model, images, labels)
+    assert changed(location, weights_of(model.location_network))
+    assert not changed(core, weights_of(model.core_network))
+    assert not changed(glimpse, weights_of(model.glimpse_network))
+
+
+def test_cross_entropy_alone_cannot_reach_the_location_network(batch):
+    """CE depends on the policy only through sampled (stop-gradient'ed) locations."""
+    images, labels = batch
+    model = RAM(dataclasses.replace(TINY, reinforce_weight=0.0, baseline_weight=0.0))
+    model(images)
+    location, baseline = weights_of(model.location_network), weights_of(model.baseline_network)
+    core, action = weights_of(model.core_network), weights_of(model.action_network)
+    fit_one_step(model, images, labels)
+    assert not changed(location, weights_of(model.location_network))
+    assert not changed(baseline, weights_of(model.baseline_network))
+    assert changed(core, weights_of(model.core_network))
+    assert changed(action, weights_of(model.action_network))
+
+
+def test_same_seed_same_model_other_seed_other_model(batch):
+    images, _ = batch
+    a, b, c = RAM(TINY), RAM(TINY), RAM(dataclasses.replace(TINY, seed=4))
+    out_a, out_b, out_c = a(images), b(images), c(images)
+    for key in ("logits", "locations", "log_pi", "baseline"):
+        np.testing.assert_array_equal(np.asarray(out_a[key]), np.asarray(out_b[key]))
+    assert not np.array_equal(np.asarray(out_a["locations"]), np.asarray(out_c["locations"]))
+    assert changed(weights_of(a), weights_of(c))
+
+
+def test_sampling_advances_and_deterministic_mode_does_not(batch):
+    images, _ = batch
+    model = RAM(TINY)
+    first, second = model(images)["locations"], model(images)["locations"]
+    assert not np.array_equal(np.asarray(first), np.asarray(second))
+    det = [np.asarray(model(images, deterministic=True)["logits"]) for _ in range(2)]
+    np.testing.assert_array_equal(*det)
+
+
+def test_save_and_reload_give_identical_outputs(batch, tmp_path):
+    images, labels = batch
+    model = RAM(TINY)
+    fit_one_step(model, images, labels)  # trained weights, advanced seed state
+    path = tmp_path / "ram.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, RAM) and loaded.config == model.config
+    for _ in range(2):  # the same draws, call after call
+        out, again = model(images), loaded(images)
+        for key in ("logits", "locations", "log_pi", "baseline"):
+            np.testing.assert_array_equal(np.asarray(out[key]), np.asarray(again[key]))
+
+
+def test_mc_probabilities_average_per_image(batch):
+    images, _ = batch
+    # A near-zero std makes every sample glimpse at the means: MC must then equal the
+    # deterministic softmax image by image (catches samples mixed up across images).
+    model = RAM(dataclasses.replace(TINY, std=1e-6))
+    probs = np.asarray(model.mc_probabilities(images, samples=5))
+    assert probs.shape == (8, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    logits = np.asarray(model(images, deterministic=True)["logits"])
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+    chunked = np.asarray(model.mc_probabilities(images, samples=5, batch_size=3))
+    np.testing.assert_allclose(chunked, expected, atol=1e-4)
+
+
+def test_mc_probabilities_average_over_samples(batch):
+    images, _ = batch
+    model = RAM(dataclasses.replace(TINY, std=0.5))
+    single = np.asarray(model.mc_probabilities(images, samples=1))
+    many = np.asarray(model.mc_probabilities(images, samples=6))
+    np.testing.assert_allclose(many.sum(axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(single, many)
+
+
+@pytest.mark.parametrize("name,size", [("paper-28", 28), ("paper-60", 60), ("paper-100", 100)])
+def test_presets_build_on_their_canvas(name, size):
+    config = RAM_PRESETS[name]
+    assert config.core == "rnn"
+    model = RAM(config)
+    out = model(np.zeros((2, size, size, 1), np.uint8))
+    assert tuple(out["locations"].shape) == (2, config.glimpses, 2)
+    sensor = config.scales * config.patch_size**2
+    assert model.glimpse_network.fc_glimpse.kernel.shape == (sensor, config.glimpse_hidden)
+
+
+def test_config_rejects_unknown_core():
+    with pytest.raises(ValueError):
+        RAMConfig(core="gru")
