@@ -44,11 +44,22 @@ class Plan:
     named: bool  # the recipe is the named dataset's default (no custom options, no limit)
     sources: dict
     source_dir: str | None
+    attrs: dict = dataclasses.field(default_factory=dict)  # family-specific store attributes
 
 
-def plan_build(name: str, *, source: str = "mnist", source_dir=None, limit: int | None = None, **options) -> Plan:
+def plan_build(name: str, *, source: str | None = None, source_dir=None, limit: int | None = None, **options) -> Plan:
     spec = get_dataset(name)
+    source = source or spec.family.sources[0]
+    if source not in spec.family.sources:
+        raise BuildError(f"{name} is built from source {' or '.join(spec.family.sources)}, not {source!r}")
+    fields = {f.name for f in dataclasses.fields(spec.family.recipe_type)}
     given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        known = sorted(fields - {"source", "generator", "limit"})
+        raise BuildError(f"{name} has no option {', '.join(unknown)} (its options: {', '.join(known)})")
+    if limit is not None and "limit" in fields:
+        given["limit"] = limit  # a family that reads only the first `limit` source entries (svhn) records it
     recipe = spec.family.make_recipe(source, **{**spec.defaults, **given})
     named = limit is None and recipe == spec.family.make_recipe(source, **spec.defaults)
     src = spec.family.load_source(recipe, str(source_dir) if source_dir else None)
@@ -57,7 +68,10 @@ def plan_build(name: str, *, source: str = "mnist", source_dir=None, limit: int 
         if limit < 1:
             raise BuildError(f"--limit must be positive, got {limit}")
         splits = {k: min(n, limit) for k, n in splits.items()}
-    return Plan(name, spec.version, recipe, splits, named, dict(src.checksums), str(source_dir) if source_dir else None)
+    attrs = spec.family.store_attrs(recipe, src) if hasattr(spec.family, "store_attrs") else {}
+    return Plan(
+        name, spec.version, recipe, splits, named, dict(src.checksums), str(source_dir) if source_dir else None, attrs
+    )
 
 
 def _run_task(name: str, recipe, source_dir, path: str, split: str, start: int, stop: int):
@@ -98,7 +112,7 @@ def build_dataset(
     name: str,
     out,
     *,
-    source: str = "mnist",
+    source: str | None = None,
     source_dir=None,
     limit: int | None = None,
     workers: int | None = None,
@@ -111,6 +125,7 @@ def build_dataset(
 ) -> Path:
     """Build dataset `name` into the Zarr store `out` and return its path.
 
+    `source`: where the data comes from, default the dataset family's first (e.g. "mnist").
     `scheduler`: None for a local thread pool of `workers` threads, or a dask.distributed address
     (or Client). Workers must see `out` (a shared filesystem). A build whose recipe is a locked
     version must reproduce the lock's digests exactly, or it fails naming the arrays that differ
@@ -118,6 +133,7 @@ def build_dataset(
     """
     out = Path(out)
     plan = plan_build(name, source=source, source_dir=source_dir, limit=limit, **options)
+    source = plan.recipe.source
     digest = recipe_digest(plan.recipe)
     lock = Lock(lock_path)
     locked = lock.entry(name, plan.version, source) if plan.named else None
@@ -164,6 +180,7 @@ def build_dataset(
             "sources": plan.sources,
             "digests": digests,
             "package_version": package_version(),
+            **plan.attrs,
         }
         store.finalize(partial, attrs)
         entry = {

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from pipelines import sources
+from pipelines import sources, svhn
+from pipelines.archive import ArchiveError
 from pipelines.build import BuildError, build_dataset
 from pipelines.datasets import DATASETS, get_dataset
 from pipelines.lock import Lock, LockError
@@ -22,7 +23,7 @@ from pipelines.preview import format_info, preview, store_info
 from pipelines.store import StoreError
 from pipelines.verify import verify_store
 
-_ERRORS = (sources.SourceError, StoreError, LockError, BuildError, ValueError, KeyError)
+_ERRORS = (sources.SourceError, svhn.SvhnError, ArchiveError, StoreError, LockError, BuildError, ValueError, KeyError)
 
 
 def _one_line_errors(fn):
@@ -65,25 +66,36 @@ def main():
       visatt-data fetch mnist            (or: fetch mnist --from DIR)
       visatt-data build mnist-cluttered --out mnist-cluttered.zarr
       visatt-data verify mnist-cluttered.zarr
+    SVHN format 1:
+      visatt-data fetch svhn [--extra]   (or: fetch svhn --from DIR)
+      visatt-data build svhn --out svhn.zarr   (or: build svhn --from DIR)
 
     Sources are cached under $VISATT_HOME (default ~/.cache/visatt).
     """
 
 
 @main.command()
-@click.argument("dataset", type=click.Choice(["mnist"]))
+@click.argument("dataset", type=click.Choice(["mnist", "svhn"]))
 @click.option("--from", "from_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Verify local copies in DIR and copy them into the cache instead of downloading.")
+              help="Verify local copies in DIR and copy them into the cache instead of downloading "
+                   "(svhn: DIR/train.tar.gz or an extracted DIR/train/, the same for test and extra).")
 @click.option("--mirror", "mirrors", multiple=True, metavar="URL",
-              help="Mirror base URL to try (repeatable; default: the known MNIST mirrors).")
+              help="Mirror base URL to try (repeatable; default: the known mirrors).")
+@click.option("--extra", is_flag=True, help="svhn: also get extra.tar.gz (1.9 GB).")
 @click.option("--retries", default=3, show_default=True, help="Attempts per mirror and file.")
 @_one_line_errors
-def fetch(dataset, from_dir, mirrors, retries):
+def fetch(dataset, from_dir, mirrors, extra, retries):
     """Download (or import with --from) the raw source files and verify their checksums.
 
-    Checksums are sha256 of the decompressed content, so re-compressed mirrors verify too.
+    MNIST: sha256 of the decompressed content, so re-compressed mirrors verify too. SVHN: the
+    official archives' size and md5; downloads resume where they stopped; archives are extracted
+    safely (no member outside its folder, no links or devices).
     """
-    if from_dir:
+    if dataset == "svhn":
+        splits = ("train", "test", "extra") if extra else ("train", "test")
+        svhn.fetch_svhn(splits=splits, from_dir=from_dir, mirrors=tuple(mirrors) or svhn.SVHN_MIRRORS,
+                        retries=retries, log=click.echo)
+    elif from_dir:
         for path in sources.import_mnist(from_dir):
             click.echo(f"{path.name}: verified, cached at {path}")
     else:
@@ -94,17 +106,37 @@ def fetch(dataset, from_dir, mirrors, retries):
 @click.argument("name", type=click.Choice(sorted(DATASETS)), metavar="NAME")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Store to write (default: ./NAME.zarr).")
-@click.option("--source", type=click.Choice(["mnist", "sample"]), default="mnist", show_default=True,
-              help="'mnist': the real files in the cache (visatt-data fetch mnist); "
-                   "'sample': the small real-MNIST sample shipped in the package (offline).")
-@click.option("--source-dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Read the MNIST files from DIR instead of the cache (checksums still verified).")
+@click.option("--source", type=click.Choice(["mnist", "sample", "svhn"]), default=None,
+              help="'mnist' (default for MNIST datasets): the real files in the cache (visatt-data fetch mnist); "
+                   "'sample': the small real-MNIST sample shipped in the package (offline); "
+                   "'svhn' (the only one for svhn datasets): the format-1 folders.")
+@click.option("--source-dir", "--from", "source_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Read the sources from DIR instead of the cache: the MNIST files (checksums still "
+                   "verified), or SVHN's extracted split folders DIR/train, DIR/test [DIR/extra].")
 @click.option("--canvas", type=click.IntRange(28), help="Canvas side in pixels.")
 @click.option("--clutter-count", type=click.IntRange(0), help="Clutter crops per canvas.")
 @click.option("--clutter-size", type=click.IntRange(1, 28), help="Side of each clutter crop.")
 @click.option("--val-size", type=click.IntRange(0), help="Training digits carved out for 'val' (default 10%).")
+@click.option("--min-length", type=click.IntRange(1, 5), help="mnist-sequences: fewest digits per number.")
+@click.option("--max-length", type=click.IntRange(1, 5), help="mnist-sequences: most digits per number.")
+@click.option("--min-gap", type=int, help="mnist-sequences: smallest gap between 28x28 cells (negative: overlap).")
+@click.option("--max-gap", type=int, help="mnist-sequences: largest gap between 28x28 cells.")
+@click.option("--jitter", type=click.IntRange(0), help="mnist-sequences: largest vertical drop of a digit.")
+@click.option("--overlap/--no-overlap", default=None, help="mnist-pairs: allow the two digits to overlap.")
+@click.option("--size", type=click.IntRange(1), help="svhn: output side in pixels.")
+@click.option("--expand", type=click.FloatRange(0), help="svhn: grow the digit-box union by this fraction, centred.")
+@click.option("--color/--grayscale", default=None, help="svhn: keep RGB (default: grayscale, ITU-R 601-2 luma).")
+@click.option("--eval-crop/--no-eval-crop", default=None,
+              help="svhn: crop val/test around their digit boxes too (default, as the seed article; "
+                   "leaks label geometry) or resize their whole image.")
+@click.option("--resample", type=click.Choice(list(svhn.RESAMPLE)), help="svhn: PIL resize filter (default bilinear).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True),
+              help="svhn: share of train carved out (seeded) for 'val' (default 0.1).")
+@click.option("--extra/--no-extra", default=None, help="svhn: fold SVHN's extra split into train.")
 @click.option("--seed", type=click.IntRange(0), help="Dataset seed (default 0).")
-@click.option("--limit", type=click.IntRange(1), help="Cap each split at N samples (quick runs; never a frozen version).")
+@click.option("--limit", type=click.IntRange(1),
+              help="Cap each split at N samples (svhn: read only the first N entries of each source "
+                   "split); quick runs, never a frozen version.")
 @click.option("--workers", type=click.IntRange(1), help="Threads of the local pool (default: CPU count).")
 @click.option("--scheduler", metavar="ADDRESS",
               help="dask.distributed scheduler address; its workers must see --out.")
@@ -187,8 +219,8 @@ def list_cmd(lock_path):
 
 @main.command()
 @click.argument("names", nargs=-1, required=True, type=click.Choice(sorted(DATASETS)), metavar="NAME...")
-@click.option("--source", "sources_", multiple=True, type=click.Choice(["mnist", "sample"]),
-              help="Sources to lock (repeatable; default both).")
+@click.option("--source", "sources_", multiple=True, type=click.Choice(["mnist", "sample", "svhn"]),
+              help="Sources to lock (repeatable; default every source of the dataset).")
 @click.option("--workers", type=click.IntRange(1))
 @lock_option
 @_one_line_errors
@@ -200,7 +232,7 @@ def lock(names, sources_, workers, lock_path):
     """
     _terminate_cleanly()
     for name in names:
-        for source in sources_ or ("mnist", "sample"):
+        for source in sources_ or get_dataset(name).family.sources:
             with tempfile.TemporaryDirectory(prefix="visatt-lock-") as tmp:
                 build_dataset(name, Path(tmp) / "store.zarr", source=source, workers=workers,
                               update_lock=True, lock_path=lock_path)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 
 from pipelines.mnist import MnistCanvasFamily
+from pipelines.sequences import PAIRS, SEQUENCES
+from pipelines.svhn import SvhnFamily
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +24,7 @@ class DatasetSpec:
 
 
 _MNIST = MnistCanvasFamily()
+_SVHN = SvhnFamily()
 _FIRST = {"1.0.0": "First release."}
 
 DATASETS = {
@@ -46,6 +49,23 @@ DATASETS = {
         DatasetSpec(
             "mnist-cluttered-100", _MNIST, "1.0.0", dict(canvas=100, clutter_count=8, clutter_size=8),
             "100x100, 8 clutter crops of 8x8 (Mnih et al. 2014).", _FIRST,
+        ),
+        DatasetSpec(
+            "mnist-sequences", SEQUENCES, "1.0.0", dict(canvas=64),
+            "1-5 MNIST digits of a split laid out like a house number, fitted onto 64x64; SVHN's labels.",
+            _FIRST,
+        ),
+        DatasetSpec(
+            "mnist-pairs", PAIRS, "1.0.0", dict(canvas=100),
+            "Two MNIST digits anywhere on 100x100, labels in reading order (Ba et al. 2015).", _FIRST,
+        ),
+        DatasetSpec(
+            "svhn", _SVHN, "1.0.0", dict(size=32, expand=0.0, eval_crop=True),
+            "SVHN format 1: digit-box union, 32x32 grayscale, eval splits cropped too (seed article).", _FIRST,
+        ),
+        DatasetSpec(
+            "svhn-64", _SVHN, "1.0.0", dict(size=64, expand=0.3, eval_crop=True),
+            "SVHN format 1: Goodfellow et al. 2013's crop (union box +30%, centred) at 64x64; grayscale.", _FIRST,
         ),
     )
 }

@@ -50,6 +50,7 @@ class MnistCanvasFamily:
 
     recipe_type = MnistCanvasRecipe
     task = "digit"
+    sources = ("mnist", "sample")  # the real files (cache) or the embedded sample
 
     def make_recipe(self, source: str, **options) -> MnistCanvasRecipe:
         if options.get("val_size") is None:

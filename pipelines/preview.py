@@ -41,11 +41,16 @@ def format_info(info: dict) -> str:
     ]
     if a.get("limit"):
         lines.append(f"limited to {a['limit']} samples per split (not a frozen version)")
+    if "eval_crop" in a:
+        lines.append(f"evaluation crop: {a['eval_crop']}")
+    if "dropped_longer_than_5" in a:
+        dropped = ", ".join(f"{k} {v}" for k, v in a["dropped_longer_than_5"].items())
+        lines.append(f"numbers longer than 5 digits dropped: {dropped}")
     for split, s in info["splits"].items():
         shapes = ", ".join(f"{n} {tuple(v['shape'])} {v['dtype']}" for n, v in s["arrays"].items())
         lines.append(f"  {split:<6} {s['samples']:>7} samples: {shapes}")
         lines.append(f"         labels 0-9: {' '.join(str(c) for c in s['label_histogram'])}")
-        if "length_histogram" in s:
+        if s.get("length_histogram"):
             lines.append(f"         lengths 0-{len(s['length_histogram']) - 1}: {' '.join(map(str, s['length_histogram']))}")
     return "\n".join(lines)
 

@@ -196,6 +196,7 @@ class SequenceFamily:
 
     task = "sequence"
     max_length = MAX_LENGTH
+    sources = ("mnist", "sample")  # the real files (cache) or the embedded sample
 
     def __init__(self, recipe_type, generate_fn):
         self.recipe_type = recipe_type
@@ -225,6 +226,9 @@ class SequenceFamily:
     def generate(self, recipe, source: MnistSource, split: str, start: int, stop: int) -> dict[str, np.ndarray]:
         pool_images, pool_labels = split_pools(recipe, source)[split]
         return self._generate(recipe, pool_images, pool_labels, split, start, stop)
+
+    def store_attrs(self, recipe, source: MnistSource) -> dict:
+        return {"max_length": MAX_LENGTH}
 
 
 SEQUENCES = SequenceFamily(SequenceRecipe, generate_sequences)

@@ -471,3 +471,48 @@ def fetch_svhn(
         download(urls, archive, archives[split], retries=retries, backoff=backoff, log=log)
         out[split] = install_archive(archive, dest_dir, split, expected=archives[split], overwrite=True, log=log)
     return out
+
+
+# ---------------------------------------------------------------- the build machinery's interface
+
+
+class SvhnFamily:
+    """Builder of `svhn` stores; the build machinery calls these methods."""
+
+    recipe_type = SvhnRecipe
+    task = "sequence"
+    max_length = MAX_LENGTH
+    sources = ("svhn",)  # the format-1 split folders (cache, or `--from DIR`)
+
+    def make_recipe(self, source: str, **options) -> SvhnRecipe:
+        return SvhnRecipe(source=source, **options)
+
+    def load_source(self, recipe: SvhnRecipe, source_dir: str | None = None) -> SvhnSource:
+        splits = ("train", "test", "extra") if recipe.extra else ("train", "test")
+        return load_svhn(str(source_dir or svhn_cache_dir()), splits, recipe.limit)
+
+    def split_sizes(self, recipe: SvhnRecipe, source: SvhnSource) -> dict[str, int]:
+        return {split: sum(len(i) for _, i in pool) for split, pool in split_pools(recipe, source).items()}
+
+    def array_specs(self, recipe: SvhnRecipe) -> dict[str, tuple[tuple[int, ...], str]]:
+        s = recipe.size
+        return {
+            "images": ((s, s, 3 if recipe.color else 1), "uint8"),
+            "labels": ((MAX_LENGTH,), "uint8"),
+            "lengths": ((), "uint8"),
+            "boxes": ((MAX_LENGTH, 4), "int32"),
+        }
+
+    def generate(self, recipe: SvhnRecipe, source: SvhnSource, split: str, start: int, stop: int):
+        return generate(recipe, source, split, start, stop)
+
+    def store_attrs(self, recipe: SvhnRecipe, source: SvhnSource) -> dict:
+        """Attributes beyond the common ones: what was dropped and how evaluation was cropped."""
+        return {
+            "max_length": MAX_LENGTH,
+            "dropped_longer_than_5": dropped_counts(source),
+            "eval_crop": (
+                "val and test cropped around their digit boxes (seed article; leaks label geometry)"
+                if recipe.eval_crop else "val and test: whole image resized (boxes not used)"
+            ),
+        }

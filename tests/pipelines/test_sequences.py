@@ -7,8 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 
+import zarr
+from click.testing import CliRunner
+from PIL import Image
+
 from pipelines import sequences as seq
+from pipelines.cli import main
 from pipelines.sources import load_mnist
+from pipelines.store import open_store, store_attrs
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +131,55 @@ def test_family_on_the_embedded_sample():
     }
     out = family.generate(recipe, source, "val", 290, 300)
     _check_layout(out, 10, 64)
+
+
+# ---------------------------------------------------------------- through the CLI
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("name", ["mnist-sequences", "mnist-pairs"])
+def test_cli_build_is_identical_across_worker_counts(tmp_path, empty_lock, name):
+    stores = []
+    for workers in (1, 2):
+        out = tmp_path / f"{workers}.zarr"
+        result = _cli("build", name, "--source", "sample", "--limit", 2100, "--workers", workers, "--out", out, "--quiet")
+        assert result.exit_code == 0, result.output
+        stores.append(store_attrs(out))
+    one, two = stores
+    assert one["digests"] == two["digests"]
+    assert one["task"] == "sequence" and one["max_length"] == 5 and one["splits"] == {"train": 2100, "val": 300, "test": 2000}
+    assert set(one["digests"]) == {f"{s}/{a}" for s in ("train", "val", "test") for a in ("images", "labels", "lengths", "boxes")}
+
+
+def test_cli_verify_catches_corruption(tmp_path, empty_lock):
+    out = tmp_path / "pairs.zarr"
+    assert _cli("build", "mnist-pairs", "--source", "sample", "--limit", 1500, "--out", out, "--quiet").exit_code == 0
+    assert _cli("verify", out).exit_code == 0
+    lengths = zarr.open_array(str(out / "train" / "lengths"), mode="r+")
+    lengths[1200] = 3  # a valid chunk with one wrong value
+    result = _cli("verify", out)
+    assert result.exit_code == 1
+    assert "MISMATCH train/lengths" in result.output and "train/images" not in result.output
+
+
+def test_cli_preview_draws_sequences_with_their_labels(tmp_path, empty_lock):
+    out = tmp_path / "seq.zarr"
+    assert _cli("build", "mnist-sequences", "--source", "sample", "--limit", 8, "--out", out, "--quiet").exit_code == 0
+    result = _cli("preview", out, "--split", "test", "--count", 8, "--columns", 4, "--out", tmp_path / "p.png")
+    assert result.exit_code == 0, result.output
+    sheet = np.asarray(Image.open(tmp_path / "p.png").convert("RGB")).astype(int)
+    scale, caption = 2, 14  # the preview's tile layout: 64x64 scaled x2, a caption row above
+    assert sheet.shape == (2 * (64 * scale + caption + 4), 4 * (64 * scale + 4), 3)
+    test = open_store(out)["test"]
+    for i in range(8):
+        x0, y0 = (i % 4) * (64 * scale + 4) + 2, (i // 4) * (64 * scale + caption + 4) + caption + 2
+        tile = sheet[y0 : y0 + 64 * scale, x0 : x0 + 64 * scale]
+        red = (tile[..., 0] > 200) & (tile[..., 1] < 80)
+        n = int(test["lengths"][i])
+        assert red.sum() >= n * 4 * 10 * scale  # a red rectangle around each digit
+        text = sheet[y0 - caption : y0, x0 : x0 + 64 * scale]
+        inked_columns = (text.sum(axis=2) < 300).any(axis=0).sum()
+        assert 3 * n <= inked_columns <= 8 * n  # the label string, one glyph per digit

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 import svhn_fixtures as fx
 from pipelines import svhn
 from pipelines.archive import ArchiveError, Expected, file_checksums
+from pipelines.cli import main
+from pipelines.store import open_store, store_attrs
 from pipelines.svhn import SvhnError, SvhnRecipe
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "sources" / "svhn-format1-sample"
@@ -295,3 +298,66 @@ def test_fetch_downloads_from_a_mirror(tree, tmp_path):
 def test_fetch_names_what_is_missing(tmp_path):
     with pytest.raises(SvhnError, match=r"neither train/digitStruct\.mat nor train\.tar\.gz"):
         svhn.fetch_svhn(tmp_path / "cache", from_dir=tmp_path, log=lambda *_: None)
+
+
+# ---------------------------------------------------------------- through the CLI
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_builds_the_real_sample_with_limit(tmp_path, empty_lock):
+    out = tmp_path / "real.zarr"
+    result = _cli("build", "svhn", "--from", REAL, "--limit", 3, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "evaluation crop: val and test cropped around their digit boxes" in result.output
+    root = open_store(out)
+    attrs = root.attrs["visatt"]
+    assert attrs["version"] is None and attrs["recipe"]["limit"] == 3 and attrs["task"] == "sequence"
+    assert attrs["sources"]["test/digitStruct.mat"] == svhn._sha256_file(REAL / "test" / "digitStruct.mat")
+    assert root["test"]["labels"][:].tolist() == [[5, 10, 10, 10, 10], [2, 1, 0, 10, 10], [6, 10, 10, 10, 10]]
+    assert root["train"]["images"].shape == (3, 32, 32, 1)
+    assert _cli("verify", out).exit_code == 0
+    result = _cli("build", "svhn", "--from", REAL, "--out", tmp_path / "all.zarr", "--quiet")
+    assert result.exit_code == 1
+    assert "4.png: image listed in digitStruct.mat is missing" in result.output
+    assert not (tmp_path / "all.zarr").exists()
+
+
+def test_cli_build_from_a_synthetic_tree_is_identical_across_workers(tree, tmp_path, empty_lock):
+    root, _ = tree
+    digests = []
+    for workers in (1, 2):
+        out = tmp_path / f"{workers}.zarr"
+        result = _cli("build", "svhn-64", "--from", root, "--workers", workers, "--out", out, "--quiet",
+                      "--val-fraction", 0.25, "--color")
+        assert result.exit_code == 0, result.output
+        assert "numbers longer than 5 digits dropped: train 1, test 1" in result.output
+        digests.append(store_attrs(out))
+    attrs = digests[0]
+    assert attrs["digests"] == digests[1]["digests"]
+    assert attrs["splits"] == {"train": 3, "val": 1, "test": 4}
+    assert attrs["recipe"]["expand"] == 0.3 and attrs["recipe"]["size"] == 64 and attrs["recipe"]["color"]
+    assert attrs["dropped_longer_than_5"] == {"train": 1, "test": 1}
+
+
+def test_cli_fetch_svhn_from_archives(tree, tmp_path, monkeypatch):
+    root, _ = tree
+    for split in ("train", "test"):
+        _archive(tmp_path, root, split)
+    monkeypatch.setenv("VISATT_HOME", str(tmp_path / "home"))
+    result = _cli("fetch", "svhn", "--from", tmp_path / "archives")
+    # The fixture archives are not the official ones: their size and md5 are refused, by name.
+    assert result.exit_code == 1
+    assert "train.tar.gz: size is" in result.output and "expected 404141560" in result.output
+    result = _cli("fetch", "svhn", "--from", root)  # extracted folders are checked and copied
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "home" / "sources" / "svhn" / "test" / "digitStruct.mat").is_file()
+
+
+def test_cli_refuses_options_of_other_datasets(tmp_path, empty_lock):
+    result = _cli("build", "svhn", "--canvas", 64, "--out", tmp_path / "x.zarr")
+    assert result.exit_code == 1 and "svhn has no option canvas" in result.output
+    result = _cli("build", "svhn", "--source", "sample", "--out", tmp_path / "x.zarr")
+    assert result.exit_code == 1 and "svhn is built from source svhn, not 'sample'" in result.output
