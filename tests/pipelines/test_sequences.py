@@ -183,3 +183,14 @@ def test_cli_preview_draws_sequences_with_their_labels(tmp_path, empty_lock):
         text = sheet[y0 - caption : y0, x0 : x0 + 64 * scale]
         inked_columns = (text.sum(axis=2) < 300).any(axis=0).sum()
         assert 3 * n <= inked_columns <= 8 * n  # the label string, one glyph per digit
+
+
+@pytest.mark.parametrize("name", ["mnist-sequences", "mnist-pairs"])
+def test_frozen_sample_versions_reproduce_the_checkout_lock(tmp_path, monkeypatch, name):
+    """The generators still give the bytes frozen in datasets.lock (else: bump the version)."""
+    monkeypatch.delenv("VISATT_LOCK", raising=False)
+    out = tmp_path / "s.zarr"
+    result = _cli("build", name, "--source", "sample", "--workers", 2, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    attrs = store_attrs(out)
+    assert attrs["frozen"] and attrs["version"] == "1.0.0"
