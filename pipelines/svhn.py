@@ -430,6 +430,7 @@ def import_folder(src: Path, dest_dir: Path, split: str, *, log=print) -> Path:
         if target.exists():
             shutil.rmtree(target)
         os.rename(partial, target)
+        (Path(dest_dir) / f"{split}.tar.gz.json").unlink(missing_ok=True)  # no longer from that archive
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     log(f"{split}: {len(ds)} images verified, copied to {target}")
