@@ -34,6 +34,40 @@ _FALSE = {"0", "false", "no", "off"}
 _NONE = {"none", "null"}
 
 
+DEFAULT_MEMORY_LIMIT = 2 * 2**30  # bytes of a split held in memory; larger splits are streamed
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training options (everything but the model's own config).
+
+    epochs: total epochs of the run (a resumed run may raise it).
+    limit: use at most this many samples of each split (the first ones; for quick runs).
+    mc_samples: test-time Monte-Carlo location samples for models that have
+        `mc_probabilities` (RAM); 0 skips the MC evaluation.
+    memory_limit: bytes of a split held in memory; larger splits are streamed by chunks.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9  # sgd only
+    clipnorm: float | None = None
+    seed: int = 0
+    limit: int | None = None
+    mc_samples: int = 10
+    memory_limit: int = DEFAULT_MEMORY_LIMIT
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError("epochs, batch size and learning rate must be positive")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be positive, got {self.limit}")
+        if self.mc_samples < 0 or self.seed < 0:
+            raise ValueError("mc_samples and seed must be non-negative")
+
+
 class ConfigError(ValueError):
     """A model name, preset, override key or value is not valid (one-line message)."""
 

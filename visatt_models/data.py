@@ -28,9 +28,10 @@ import keras
 import numpy as np
 import zarr
 
+from visatt_models.config import DEFAULT_MEMORY_LIMIT
+
 ATTRS_KEY = "visatt"
 SPLITS = ("train", "val", "test")
-DEFAULT_MEMORY_LIMIT = 2 * 2**30  # bytes per split held in memory; larger splits are streamed
 SHUFFLE_KEY = 0x5EED  # spawn key that separates the data order from other uses of the run seed
 
 

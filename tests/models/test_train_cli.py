@@ -1,0 +1,187 @@
+"""visatt-train / visatt-eval end to end on tiny stores: runs, resume, refusals, outputs."""
+
+import csv
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from stores import tiny_store
+from visatt_models.cli import eval_main, train_main
+from visatt_models.data import Split, open_store
+from visatt_models.train import load_run_spec
+
+# Small and fast, with dropout (its random state must survive a resume).
+CNN = ["--model", "cnn", "--set", "widths=4,8", "--set", "dense=16", "--batch-size", "16", "--verbose", "0"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return tiny_store(tmp_path_factory.mktemp("stores") / "cluttered.zarr", limit=64, canvas=40)
+
+
+@pytest.fixture(scope="module")
+def other_store(tmp_path_factory):
+    """Same shape, another dataset (different name and recipe)."""
+    return tiny_store(tmp_path_factory.mktemp("stores") / "translated.zarr", name="mnist-translated", limit=64, canvas=40)
+
+
+def run(command, args, ok=True):
+    result = CliRunner().invoke(command, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def read_log(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def cnn_run(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "cnn"
+    run(train_main, ["--store", store, "--out", out, "--epochs", 2, "--limit", 48, *CNN])
+    return out
+
+
+def test_metrics_json_reports_the_run(cnn_run, store):
+    metrics = json.loads((cnn_run / "metrics.json").read_text())
+    info = open_store(store)
+    assert metrics["dataset"] == info.dataset == "mnist-cluttered"
+    assert metrics["recipe_digest"] == info.recipe_digest and metrics["dataset_version"] == info.version
+    assert metrics["model"] == "cnn" and metrics["config"]["widths"] == [4, 8] and metrics["config"]["num_classes"] == 10
+    assert metrics["seed"] == 0 and metrics["epochs"] == metrics["epochs_completed"] == 2
+    assert metrics["split_sizes"] == {"train": 48, "val": 48, "test": 48} and metrics["test_samples"] == 48
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_error"] == pytest.approx(1 - metrics["test_accuracy"])
+    assert metrics["train_images_per_s"] > 0 and len(metrics["train_images_per_s_per_epoch"]) == 2
+    assert metrics["backend"] == keras.backend.backend() and metrics["wall_time_s"] > 0
+    assert {"hostname", "platform", "cpu_count", "python", "keras", "devices"} <= set(metrics["machine"])
+    assert "test_accuracy_mc" not in metrics  # the CNN has no location samples
+    assert metrics["store_digests"]["test/images"] == info.digests["test/images"]
+
+
+def test_test_accuracy_is_that_of_the_best_val_checkpoint(cnn_run, store):
+    metrics = json.loads((cnn_run / "metrics.json").read_text())
+    log = read_log(cnn_run / "log.csv")
+    best = max(range(len(log)), key=lambda i: (float(log[i]["val_accuracy"]), -i)) + 1
+    assert metrics["best_epoch"] == best and metrics["checkpoint"] == f"checkpoints/best-epoch-{best:04d}.weights.h5"
+    model = load_run_spec(cnn_run).build_model()
+    model.load_weights(cnn_run / metrics["checkpoint"])
+    images, labels = Split(open_store(store), "test", limit=48).arrays
+    logits = keras.ops.convert_to_numpy(model.predict_on_batch(images)["logits"])
+    assert metrics["test_accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == labels))
+
+
+def test_log_tensorboard_checkpoints_and_pngs(cnn_run):
+    log = read_log(cnn_run / "log.csv")
+    assert [row["epoch"] for row in log] == ["1", "2"]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "train_images_per_s", "epoch_seconds", "lr"} <= set(log[0])
+    assert all(math.isfinite(float(row["loss"])) for row in log)
+    assert list((cnn_run / "tensorboard").glob("events.out.tfevents.*"))
+    checkpoints = sorted(p.name for p in (cnn_run / "checkpoints").iterdir())
+    assert "last-epoch-0002.keras" in checkpoints and len(checkpoints) <= 2
+    with Image.open(cnn_run / "learning_curves.png") as png:
+        assert png.format == "PNG" and png.size[0] > 100
+        assert len(png.convert("RGB").getcolors(1 << 16)) > 2  # something was drawn
+
+
+def test_resume_continues_exactly(cnn_run, store, tmp_path):
+    out = tmp_path / "resumed"
+    run(train_main, ["--store", store, "--out", out, "--epochs", 1, "--limit", 48, *CNN])
+    with open(out / "log.csv", "a") as f:  # a row of an epoch killed before its checkpoint
+        f.write("2,0.5,9.9,0.5,9.9,1,1,0.001\n")
+    result = run(train_main, ["--out", out, "--resume", "--epochs", 2, "--verbose", 0])
+    assert json.loads(result.output.strip().splitlines()[-1])["test_accuracy"] >= 0
+    straight, resumed = read_log(cnn_run / "log.csv"), read_log(out / "log.csv")
+    assert [r["epoch"] for r in resumed] == ["1", "2"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert float(resumed[1][key]) == pytest.approx(float(straight[1][key]), rel=1e-4, abs=1e-6), key
+    a = json.loads((cnn_run / "metrics.json").read_text())
+    b = json.loads((out / "metrics.json").read_text())
+    assert (b["test_accuracy"], b["best_epoch"], b["sessions"]) == (a["test_accuracy"], a["best_epoch"], 2)
+    # Resuming a complete run does nothing; changing what defines the run is refused.
+    assert run(train_main, ["--out", out, "--resume", "--epochs", 2]).output == result.output
+    refused = run(train_main, ["--out", out, "--resume", "--epochs", 3, "--lr", 0.1], ok=False)
+    assert refused.exit_code == 1 and "cannot change lr" in refused.output
+    refused = run(train_main, ["--out", out, "--resume", "--set", "dense=32"], ok=False)
+    assert refused.exit_code == 1 and "changes the recorded model config" in refused.output
+
+
+def test_folder_rules(store, other_store, tmp_path):
+    out = tmp_path / "run"
+    args = ["--store", store, "--out", out, "--epochs", 1, "--limit", 16, "--no-plots", *CNN]
+    run(train_main, args)
+    refused = run(train_main, args, ok=False)
+    assert refused.exit_code == 1 and "holds a run" in refused.output and "--overwrite" in refused.output
+    run(train_main, [*args, "--overwrite"])
+    assert not (out / "learning_curves.png").exists()
+    other = run(train_main, ["--store", other_store, "--out", out, "--resume"], ok=False)
+    assert other.exit_code == 1 and "holds mnist-translated" in other.output
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    for flags in ([], ["--overwrite"]):
+        refused = run(train_main, ["--store", store, "--out", stranger, *flags, *CNN], ok=False)
+        assert refused.exit_code == 1 and "not a run folder" in refused.output
+    assert (stranger / "notes.txt").read_text() == "mine"
+    refused = run(train_main, ["--out", tmp_path / "empty", "--resume"], ok=False)
+    assert refused.exit_code == 1 and "no run here" in refused.output
+
+
+def test_bad_options_are_errors(store, tmp_path):
+    out = tmp_path / "bad"
+    assert run(train_main, ["--store", store, "--out", out, "--bogus", 1], ok=False).exit_code == 2
+    bad = run(train_main, ["--store", store, "--out", out, "--set", "widths=4,x"], ok=False)
+    assert bad.exit_code == 1 and "expected an integer" in bad.output
+    bad = run(train_main, ["--store", store, "--out", out, "--set", "glimpses=4"], ok=False)
+    assert "unknown key 'glimpses'" in bad.output
+    bad = run(train_main, ["--store", store, "--out", out, "--preset", "paper-100"], ok=False)
+    assert "unknown preset 'paper-100' for model 'cnn'" in bad.output
+    assert run(train_main, ["--out", out, "--resume", "--overwrite"], ok=False).exit_code == 2
+    assert not out.exists()
+    assert "--resume" in run(train_main, ["--help"]).output and "--force" in run(eval_main, ["--help"]).output
+
+
+def test_eval_refuses_another_dataset_unless_forced(cnn_run, store, other_store):
+    metrics = json.loads((cnn_run / "metrics.json").read_text())
+    again = json.loads(run(eval_main, ["--run", cnn_run]).output)
+    assert again["test_accuracy"] == metrics["test_accuracy"] and again["same_dataset_as_training"]
+    assert again["recipe_digest"] == metrics["recipe_digest"] and again["test_samples"] == 48
+    refused = run(eval_main, ["--run", cnn_run, "--store", other_store], ok=False)
+    assert refused.exit_code == 1 and "holds mnist-translated" in refused.output and "mnist-cluttered" in refused.output
+    forced = json.loads(run(eval_main, ["--run", cnn_run, "--store", other_store, "--force", "--limit", 20]).output)
+    assert forced["forced"] and forced["dataset"] == "mnist-translated" and forced["test_samples"] == 20
+    assert len(list(cnn_run.glob("eval-*.json"))) == 2
+
+
+def test_ram_run_reports_mc_accuracy_and_draws_glimpses(store, tmp_path):
+    out = tmp_path / "ram"
+    ram = ["--set", "glimpses=2", "--set", "patch_size=6", "--set", "scales=2", "--set", "core_size=16",
+           "--set", "glimpse_hidden=8", "--set", "location_hidden=8", "--set", "glimpse_size=16"]
+    run(train_main, ["--store", store, "--out", out, "--model", "ram", *ram, "--epochs", 1, "--limit", 32,
+                     "--batch-size", 16, "--mc", 3, "--verbose", 0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "ram" and metrics["mc_samples"] == 3 and metrics["config"]["glimpses"] == 2
+    assert metrics["test_error_mc"] == pytest.approx(1 - metrics["test_accuracy_mc"])
+    assert 0 <= metrics["test_accuracy_mc"] <= 1 and metrics["test_samples"] == 32
+    assert {"reinforce_loss", "val_accuracy"} <= set(read_log(out / "log.csv")[0])
+    with Image.open(out / "glimpses.png") as png:
+        assert png.size[0] > 240
+    evaluated = json.loads(run(eval_main, ["--run", out, "--mc", 2]).output)
+    assert evaluated["mc_samples"] == 2 and "test_accuracy_mc" in evaluated
+
+
+def test_stn_run_draws_transforms(store, tmp_path):
+    out = tmp_path / "stn"
+    stn = ["--set", "loc_filters=4,4", "--set", "loc_dense=8", "--set", "cls_filters=4,8", "--set", "cls_dense=16"]
+    run(train_main, ["--store", store, "--out", out, "--model", "stn", *stn, "--epochs", 1, "--limit", 32,
+                     "--batch-size", 16, "--verbose", 0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "stn" and metrics["config"]["loc_filters"] == [4, 4]
+    with Image.open(out / "transforms.png") as png:
+        assert png.size[0] > 2 * 160

@@ -1,0 +1,108 @@
+"""`visatt-train` and `visatt-eval`: parse options and call `visatt_models.train`.
+
+    visatt-train --store data.zarr --model cnn --preset modern --epochs 20 --out runs/cnn-modern
+    visatt-train --out runs/cnn-modern --resume --epochs 30      # continue (and extend) a run
+    visatt-eval --run runs/cnn-modern --store other.zarr         # refuses another dataset
+
+Every option is documented in docs/models.md.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from visatt_models.config import MODEL_NAMES, ConfigError, TrainConfig  # plain Python: --help stays fast
+
+_DEFAULTS = TrainConfig()
+
+
+def _given(ctx: click.Context, names) -> dict:
+    """Options the user typed (not click defaults): a resumed run takes the rest from run.json."""
+    return {
+        n: ctx.params[n]
+        for n in names
+        if ctx.get_parameter_source(n) not in (click.core.ParameterSource.DEFAULT, None)
+    }
+
+
+def _fail(e: Exception):
+    raise click.ClickException(str(e)) from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--store", type=click.Path(exists=True, file_okay=False), help="Zarr store from `visatt-data build` (required for a new run).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoints, log.csv, metrics.json, PNGs.")
+@click.option("--model", type=click.Choice(MODEL_NAMES), default="cnn", show_default=True, help="Model to train.")
+@click.option("--preset", help="Named model config (cnn: seed, modern, modern-small; ram: paper-28, paper-60, paper-100, seed-100).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one model config field (repeatable), e.g. --set glimpses=6.")
+@click.option("--epochs", type=click.IntRange(1), default=_DEFAULTS.epochs, show_default=True, help="Total epochs (may be raised on --resume).")
+@click.option("--batch-size", type=click.IntRange(1), default=_DEFAULTS.batch_size, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=_DEFAULTS.lr, show_default=True, help="Learning rate.")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=_DEFAULTS.optimizer, show_default=True)
+@click.option("--momentum", type=float, default=_DEFAULTS.momentum, show_default=True, help="SGD momentum.")
+@click.option("--clipnorm", type=click.FloatRange(0, min_open=True), default=None, help="Clip each gradient to this norm.")
+@click.option("--seed", type=click.IntRange(0), default=_DEFAULTS.seed, show_default=True, help="Run seed: weights, data order, sampling.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N samples of each split (quick runs).")
+@click.option("--mc", "mc_samples", type=click.IntRange(0), default=_DEFAULTS.mc_samples, show_default=True, help="RAM: Monte-Carlo location samples at test time (0: none).")
+@click.option("--memory-limit-mb", type=click.IntRange(1), default=_DEFAULTS.memory_limit // 2**20, show_default=True, help="Splits larger than this are streamed by chunks.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last completed epoch.")
+@click.option("--overwrite", is_flag=True, help="Delete the run in --out and start a new one.")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNGs into the run folder.")
+@click.option("--verbose", type=click.IntRange(0, 2), default=2, show_default=True, help="Keras fit verbosity (2: a line per epoch).")
+@click.pass_context
+def train_main(ctx, store, out, model, preset, overrides, resume, overwrite, plots, verbose, memory_limit_mb, **options):
+    """Train a model on a store's train split, keep the best val checkpoint, test it once.
+
+    Writes OUT/metrics.json (test accuracy and error, throughput, dataset, config, machine).
+    A folder that holds a run is continued only with --resume and replaced only with
+    --overwrite.
+    """
+    from visatt_models import train as training  # imports Keras (seconds)
+    from visatt_models.data import StoreError
+
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    try:
+        if resume:
+            given = _given(ctx, [*options, "memory_limit_mb"])
+            if "memory_limit_mb" in given:
+                given["memory_limit"] = given.pop("memory_limit_mb") * 2**20
+            spec = training.resume_run_spec(
+                out, store=store, model=model if _given(ctx, ["model"]) else None, preset=preset, overrides=overrides, **given
+            )
+        else:
+            if store is None:
+                raise click.UsageError("--store is required for a new run")
+            spec = training.make_run_spec(
+                store, model, preset=preset, overrides=overrides, memory_limit=memory_limit_mb * 2**20, **options
+            )
+        metrics = training.train(spec, out, mode="resume" if resume else "overwrite" if overwrite else "new", plots=plots, verbose=verbose)
+    except (ConfigError, StoreError, training.RunError) as e:
+        _fail(e)
+    summary = {k: metrics.get(k) for k in ("test_accuracy", "test_error", "test_accuracy_mc", "test_error_mc", "train_images_per_s") if k in metrics}
+    click.echo(json.dumps(summary))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Run folder written by visatt-train.")
+@click.option("--store", type=click.Path(exists=True, file_okay=False), help="Store to test on (default: the one trained on).")
+@click.option("--mc", "mc_samples", type=click.IntRange(0), default=None, help="RAM: Monte-Carlo samples (default: the run's).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Test on the first N samples (default: the run's --limit).")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Default: the run's.")
+@click.option("--force", is_flag=True, help="Evaluate even on a store holding another dataset (name or recipe digest).")
+def eval_main(run_dir, store, mc_samples, limit, batch_size, force):
+    """Re-evaluate a run's best checkpoint on a store's test split.
+
+    Prints the result as JSON and writes it to RUN/eval-<UTC time>.json. A store whose
+    dataset name or recipe digest differs from the one trained on is refused unless --force.
+    """
+    from visatt_models import train as training
+    from visatt_models.data import StoreError
+
+    try:
+        result = training.evaluate_run(run_dir, store=store, mc_samples=mc_samples, limit=limit, force=force, batch_size=batch_size)
+    except (ConfigError, StoreError, training.RunError) as e:
+        _fail(e)
+    click.echo(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))

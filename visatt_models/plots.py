@@ -1,0 +1,193 @@
+"""PNG pictures of a run, drawn with Pillow (no plotting library needed).
+
+    learning_curves.png   loss and accuracy per epoch, train and val (from log.csv)
+    glimpses.png          RAM: each test image with its glimpse path (numbered), the finest
+                          glimpse square at every step and all scales at the last one; beside it,
+                          the retina's patches at every step (one row per scale)
+    transforms.png        STN: each test image beside its transformed output
+
+Which model pictures are drawn follows from the model's outputs ("locations" or
+"transformed"), not from its name.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (200, 200, 200)
+TRAIN_COLOUR, VAL_COLOUR = (31, 119, 180), (214, 39, 40)
+
+
+def plot_run(out, model, split, *, count: int = 6) -> list[Path]:
+    """Every picture that applies to the run in `out`; returns the files written."""
+    out = Path(out)
+    written = [learning_curves(out / "log.csv", out / "learning_curves.png")]
+    images, labels = split.read(np.arange(min(count, len(split))))  # (n, H, W, C) uint8
+    outputs = model.predict_on_batch(images)
+    logits = keras.ops.convert_to_numpy(outputs["logits"])
+    if "locations" in outputs and hasattr(model, "config") and hasattr(model.config, "patch_size"):
+        locations = keras.ops.convert_to_numpy(outputs["locations"])  # (n, T, 2)
+        written.append(glimpses(images, labels, logits, locations, model.config.patch_size, model.config.scales, out / "glimpses.png"))
+    if "transformed" in outputs:
+        transformed = keras.ops.convert_to_numpy(outputs["transformed"])  # (n, h, w, C) in [0, 1]
+        written.append(transforms(images, labels, logits, transformed, out / "transforms.png"))
+    return written
+
+
+def _font(size: int = 12):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed size
+        return ImageFont.load_default()
+
+
+def _read_log(path: Path) -> dict[str, list[float]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = {k: [] for k in (rows[0] if rows else {})}
+    for row in rows:
+        for k, v in row.items():
+            columns[k].append(float(v) if v not in ("", None) else math.nan)
+    return columns
+
+
+def learning_curves(log_csv, png) -> Path:
+    """Two panels, loss and accuracy against epoch, train and val."""
+    log = _read_log(Path(log_csv))
+    epochs = log.get("epoch", [])
+    image = Image.new("RGB", (900, 380), WHITE)
+    draw = ImageDraw.Draw(image)
+    for i, metric in enumerate(("loss", "accuracy")):
+        series = [(name, log[key], colour) for name, key, colour in
+                  (("train", metric, TRAIN_COLOUR), ("val", f"val_{metric}", VAL_COLOUR)) if key in log]
+        _panel(draw, (60 + i * 450, 30, 420 + i * 450, 330), epochs, series, metric)
+    image.save(png)
+    return Path(png)
+
+
+def _panel(draw, box, xs, series, title) -> None:
+    left, top, right, bottom = box
+    font = _font(12)
+    draw.text(((left + right) // 2, top - 22), title, fill=BLACK, font=_font(14), anchor="mt")
+    draw.rectangle(box, outline=BLACK)
+    values = [v for _, ys, _ in series for v in ys if math.isfinite(v)]
+    if not xs or not values:
+        draw.text(((left + right) // 2, (top + bottom) // 2), "no data", fill=BLACK, font=font, anchor="mm")
+        return
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.05 or abs(hi) * 0.05 or 0.5
+    lo, hi = lo - pad, hi + pad
+    x_lo, x_hi = min(xs), max(xs)
+    x_span = (x_hi - x_lo) or 1.0
+
+    def point(x, y):
+        px = left + (x - x_lo) / x_span * (right - left) if x_hi > x_lo else (left + right) / 2
+        return px, bottom - (y - lo) / (hi - lo) * (bottom - top)
+
+    for k in range(5):  # y ticks and grid
+        y = lo + (hi - lo) * k / 4
+        py = point(x_lo, y)[1]
+        draw.line([(left, py), (right, py)], fill=GREY)
+        draw.text((left - 4, py), f"{y:.3g}", fill=BLACK, font=font, anchor="rm")
+    step = max(1, math.ceil(len(xs) / 10))
+    for x in xs[::step]:
+        px = point(x, lo)[0]
+        draw.line([(px, bottom), (px, bottom + 4)], fill=BLACK)
+        draw.text((px, bottom + 6), f"{x:g}", fill=BLACK, font=font, anchor="mt")
+    draw.text(((left + right) // 2, bottom + 22), "epoch", fill=BLACK, font=font, anchor="mt")
+    for i, (name, ys, colour) in enumerate(series):
+        points = [point(x, y) for x, y in zip(xs, ys) if math.isfinite(y)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for px, py in points:
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+        draw.line([(right - 70, top + 12 + 16 * i), (right - 50, top + 12 + 16 * i)], fill=colour, width=2)
+        draw.text((right - 45, top + 12 + 16 * i), name, fill=BLACK, font=font, anchor="lm")
+
+
+def _to_rgb(image: np.ndarray, size: int) -> Image.Image:
+    """(H, W, C) uint8 or float in [0, 1] -> RGB picture scaled to `size` px high (nearest)."""
+    if image.dtype != np.uint8:
+        image = np.clip(np.asarray(image) * 255.0, 0, 255).astype(np.uint8)
+    picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).convert("RGB")
+    h, w = image.shape[:2]
+    return picture.resize((max(1, round(w * size / h)), size), Image.NEAREST)
+
+
+def _caption(draw, xy, label, logits) -> None:
+    draw.text(xy, f"label {int(label)}  predicted {int(np.argmax(logits))}", fill=BLACK, font=_font(12))
+
+
+def glimpses(images, labels, logits, locations, patch_size, scales, png, *, size: int = 240) -> Path:
+    """Glimpse paths (locations (n, T, 2) as (y, x) in [-1, 1], the retina convention)."""
+    from visatt_models.sampler import extract_glimpses
+
+    n, steps = locations.shape[:2]
+    h, w = images.shape[1:3]
+    cell = 28  # px per patch in the patch grid
+    width = size * w // h + 20 + steps * (cell + 4) + 10
+    height_row = max(size, scales * (cell + 4)) + 24
+    canvas = Image.new("RGB", (width, n * height_row), WHITE)
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        y0 = i * height_row
+        picture = _to_rgb(images[i], size)
+        canvas.paste(picture, (0, y0))
+        zoom = size / h
+        # Retina convention: pixel-edge coordinate c = (l + 1) * H / 2 along each axis.
+        centres = [((l[1] + 1) * w / 2 * zoom, y0 + (l[0] + 1) * h / 2 * zoom) for l in locations[i]]
+        for t, (cx, cy) in enumerate(centres):
+            colour = _step_colour(t, steps)
+            half = patch_size / 2 * zoom
+            draw.rectangle([cx - half, cy - half, cx + half, cy + half], outline=colour)
+            if t == steps - 1:
+                for k in range(1, scales):
+                    half_k = patch_size * 2**k / 2 * zoom
+                    draw.rectangle([cx - half_k, cy - half_k, cx + half_k, cy + half_k], outline=colour)
+        if len(centres) > 1:
+            draw.line(centres, fill=(255, 215, 0), width=1)
+        for t, (cx, cy) in enumerate(centres):
+            draw.text((cx, cy), str(t + 1), fill=_step_colour(t, steps), font=_font(11), anchor="mm")
+        _caption(draw, (2, y0 + size + 4), labels[i], logits[i])
+        # Retina patches: (T, S, g, g, C) for this image at its T locations.
+        tiled = np.repeat(images[i : i + 1].astype(np.float32) / 255.0, steps, axis=0)  # (T, H, W, C)
+        patches = keras.ops.convert_to_numpy(extract_glimpses(tiled, locations[i].astype(np.float32), patch_size, scales))
+        x_patches = size * w // h + 20
+        for t in range(steps):
+            for k in range(scales):
+                patch = _to_rgb(np.clip(patches[t, k], 0, 1), cell)  # (g, g, C) block means
+                canvas.paste(patch, (x_patches + t * (cell + 4), y0 + k * (cell + 4)))
+    canvas.save(png)
+    return Path(png)
+
+
+def _step_colour(t: int, steps: int) -> tuple[int, int, int]:
+    """Green for the first glimpse to red for the last."""
+    a = t / max(1, steps - 1)
+    return (int(255 * a), int(200 * (1 - a)), 0)
+
+
+def transforms(images, labels, logits, transformed, png, *, size: int = 160) -> Path:
+    """Each input beside the STN's transformed image (both scaled to `size` px high)."""
+    n = len(images)
+    h, w = images.shape[1:3]
+    th, tw = transformed.shape[1:3]
+    left_w, right_w = size * w // h, size * tw // th
+    row = size + 24
+    canvas = Image.new("RGB", (left_w + right_w + 30, n * row + 20), WHITE)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((2, 2), "input", fill=BLACK, font=_font(12))
+    draw.text((left_w + 20, 2), "transformed", fill=BLACK, font=_font(12))
+    for i in range(n):
+        y0 = 20 + i * row
+        canvas.paste(_to_rgb(images[i], size), (0, y0))
+        canvas.paste(_to_rgb(transformed[i], size), (left_w + 20, y0))
+        _caption(draw, (2, y0 + size + 4), labels[i], logits[i])
+    canvas.save(png)
+    return Path(png)
