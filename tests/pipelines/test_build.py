@@ -1,0 +1,144 @@
+"""Builds: determinism across schedulers, the lock, verify, atomic replacement and kills."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from pipelines import store
+from pipelines.build import build_dataset
+from pipelines.lock import Lock, LockError
+from pipelines.verify import verify_store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def digests(path):
+    return store.store_attrs(path)["digests"]
+
+
+def test_same_bytes_for_one_two_workers_and_a_distributed_cluster(tmp_path, empty_lock):
+    from distributed import Client, LocalCluster
+
+    one = build_dataset("mnist-cluttered-60", tmp_path / "w1.zarr", source="sample", workers=1, progress=False)
+    two = build_dataset("mnist-cluttered-60", tmp_path / "w2.zarr", source="sample", workers=2, progress=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        dist = build_dataset("mnist-cluttered-60", tmp_path / "d.zarr", source="sample", scheduler=client, progress=False)
+    assert digests(one) == digests(two) == digests(dist)
+    assert store.recompute_digests(dist) == digests(one)  # what the workers wrote is what was digested
+
+
+def test_full_mnist_cluttered_reproduces_the_committed_lock(tmp_path, home):
+    """The headline claim: the full seed-article dataset is byte-identical to datasets.lock."""
+    out = build_dataset("mnist-cluttered", tmp_path / "mc.zarr", workers=2, progress=False,
+                        lock_path=REPO / "datasets.lock")
+    attrs = store.store_attrs(out)
+    assert attrs["frozen"] and attrs["version"] == "1.0.0"
+    assert attrs["splits"] == {"train": 54000, "val": 6000, "test": 10000}
+    images = zarr.open_array(store=str(out), path="train/images", mode="r")
+    assert images.shape == (54000, 100, 100, 1) and images.dtype == np.uint8 and images.chunks[0] == 1000
+    problems, notes = verify_store(out, REPO / "datasets.lock")
+    assert problems == [] and "matches mnist-cluttered 1.0.0 (mnist)" in notes[0]
+
+
+def test_lock_mismatch_names_the_arrays_and_keeps_the_old_store(tmp_path, empty_lock):
+    out = build_dataset("mnist-translated-60", tmp_path / "t.zarr", source="sample", update_lock=True, progress=False)
+    before = digests(out)
+    data = json.loads(empty_lock.read_text())
+    entry = data["datasets"]["mnist-translated-60"]["1.0.0"]["sample"]
+    entry["digests"]["val/images"] = "sha256:" + "0" * 64
+    empty_lock.write_text(json.dumps(data))
+    with pytest.raises(LockError, match="arrays that differ: val/images$"):
+        build_dataset("mnist-translated-60", out, source="sample", overwrite=True, progress=False)
+    assert digests(out) == before and not list(tmp_path.glob(".t.zarr.partial-*"))
+
+
+def test_lock_never_rewrites_a_frozen_version(tmp_path, empty_lock):
+    lock = Lock(empty_lock)
+    entry = {"recipe_digest": "sha256:a", "digests": {"x": "1"}}
+    assert lock.record("d", "1.0.0", "sample", entry)
+    assert not lock.record("d", "1.0.0", "sample", dict(entry))  # same content: confirmed
+    with pytest.raises(LockError, match="bump the dataset version"):
+        lock.record("d", "1.0.0", "sample", {"recipe_digest": "sha256:a", "digests": {"x": "2"}})
+
+
+def test_custom_options_and_limit_are_unlocked_builds(tmp_path, empty_lock):
+    out = build_dataset("mnist-cluttered", tmp_path / "c.zarr", source="sample", limit=30, canvas=40, progress=False)
+    attrs = store.store_attrs(out)
+    assert attrs["version"] is None and not attrs["frozen"] and attrs["limit"] == 30
+    assert attrs["splits"] == {"train": 30, "val": 30, "test": 30}
+    with pytest.raises(LockError, match="only the named recipe"):
+        build_dataset("mnist-cluttered", tmp_path / "d.zarr", source="sample", limit=30, update_lock=True, progress=False)
+    assert not (tmp_path / "d.zarr").exists()
+
+
+def test_limit_is_a_prefix_of_the_full_build(tmp_path, empty_lock):
+    full = build_dataset("mnist-cluttered", tmp_path / "f.zarr", source="sample", progress=False)
+    part = build_dataset("mnist-cluttered", tmp_path / "p.zarr", source="sample", limit=1500, progress=False)
+    for name in ("images", "labels", "boxes"):
+        a = zarr.open_array(store=str(full), path=f"train/{name}", mode="r")[:1500]
+        b = zarr.open_array(store=str(part), path=f"train/{name}", mode="r")[:]
+        np.testing.assert_array_equal(a, b)
+
+
+def test_verify_catches_a_flipped_byte_in_a_chunk(tmp_path, empty_lock):
+    out = build_dataset("mnist-cluttered-60", tmp_path / "v.zarr", source="sample", progress=False)
+    assert verify_store(out)[0] == []
+    chunk = sorted((out / "train" / "images" / "c").rglob("*"))
+    chunk = [c for c in chunk if c.is_file()][1]
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    chunk.write_bytes(bytes(raw))
+    problems, _ = verify_store(out)
+    assert len(problems) == 1 and problems[0].startswith("train/images:")
+
+
+def test_existing_store_needs_overwrite(tmp_path, empty_lock):
+    out = build_dataset("mnist-translated-60", tmp_path / "o.zarr", source="sample", limit=10, progress=False)
+    with pytest.raises(store.StoreError, match="already exists"):
+        build_dataset("mnist-translated-60", out, source="sample", limit=10, progress=False)
+    build_dataset("mnist-translated-60", out, source="sample", limit=20, overwrite=True, progress=False)
+    assert store.store_attrs(out)["limit"] == 20
+
+
+def test_bad_sources_leave_no_store(tmp_path, monkeypatch, mnist_dir, empty_lock):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in mnist_dir.glob("*.gz"):
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
+    from pipelines.sources import SourceError
+
+    with pytest.raises(SourceError, match="t10k-labels-idx1-ubyte.gz: cannot decompress"):
+        build_dataset("mnist-translated", tmp_path / "x.zarr", source_dir=bad, progress=False)
+    assert list(tmp_path.iterdir()) == [bad]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_killed_build_leaves_the_previous_store_intact(tmp_path, home, empty_lock, sig):
+    out = build_dataset("mnist-translated-60", tmp_path / "k.zarr", source="sample", progress=False)
+    before = digests(out)
+    cmd = [sys.executable, "-m", "pipelines.cli", "build", "mnist-cluttered", "--out", str(out),
+           "--overwrite", "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".k.zarr.partial-*/train/images/c")) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # let it write some chunks
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert digests(out) == before and verify_store(out)[0] == []
+    if sig == signal.SIGTERM:  # cleaned up on the way out
+        assert not list(tmp_path.glob(".k.zarr.partial-*"))
+    # the next build of this target removes a killed build's debris
+    build_dataset("mnist-translated-60", out, source="sample", overwrite=True, limit=5, progress=False)
+    assert not list(tmp_path.glob(".k.zarr.partial-*"))
