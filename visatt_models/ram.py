@@ -106,15 +106,15 @@ class GlimpseNetwork(layers.Layer):
     The two last Linear maps are one Dense on [h_g, h_l] (the same function, one bias, one
     matmul).
 
-    It owns the retina. `pyramid(images)` prepares a batch once (all scales box-filtered);
-    `call(pyramid, l_t)` then reads one glimpse per image and embeds it.
+    It owns the retina: `call(x, l_t)` takes the images x (B, H, W, C) in [0, 1] and the
+    locations l_t (B, 2), reads one multi-scale glimpse per image (all in one vectorised op)
+    and embeds it.
     """
 
     def __init__(self, patch_size, scales, glimpse_hidden, location_hidden, glimpse_size, seed=0,
                  **kwargs):
         super().__init__(**kwargs)
         self.retina = Retina(patch_size, scales)
-        self.image_size = None  # (H, W), set by build
         self.fc_glimpse = _dense(glimpse_hidden, seed + 1, "relu", name="fc_glimpse")
         self.fc_location = _dense(location_hidden, seed + 2, "relu", name="fc_location")
         self.fc_g = _dense(glimpse_size, seed + 3, "relu", name="fc_g")
@@ -123,20 +123,15 @@ class GlimpseNetwork(layers.Layer):
 
     def build(self, images_shape):
         """`images_shape`: (B, H, W, C) of the model's input."""
-        _, height, width, channels = images_shape
-        self.image_size = (int(height), int(width))
+        channels = images_shape[-1]
         g, s = self.retina.patch_size, self.retina.num_scales
         self.fc_glimpse.build((None, s * g * g * channels))
         self.fc_location.build((None, 2))
         self.fc_g.build((None, self.fc_glimpse.units + self.fc_location.units))
         self.built = True
 
-    def pyramid(self, images):
-        """(B, H, W, C) float in [0, 1] -> (B * S, H + 2m, W + 2m, C) retina pyramid."""
-        return self.retina.pyramid(images)
-
-    def call(self, pyramid, l_t):
-        patches = self.retina.sample(pyramid, l_t, self.image_size)  # (B, S, g, g, C)
+    def call(self, x, l_t):
+        patches = self.retina(x, l_t)  # (B, S, g, g, C)
         rho = ops.reshape(patches, (ops.shape(l_t)[0], -1))  # (B, S * g * g * C)
         h_g = self.fc_glimpse(rho)  # (B, glimpse_hidden)
         h_l = self.fc_location(l_t)  # (B, location_hidden)
@@ -334,7 +329,6 @@ class RAM(keras.Model):
         cfg = self.config
         x = ops.cast(images, "float32") / 255.0  # (B, H, W, C) in [0, 1]
         batch = ops.shape(x)[0]
-        pyramid = self.glimpse_network.pyramid(x)  # (B * S, H + 2m, W + 2m, C), once per batch
         if deterministic:
             noise = ops.zeros((batch, cfg.glimpses, 2))
         else:
@@ -345,7 +339,7 @@ class RAM(keras.Model):
         for t in range(cfg.glimpses):
             l_t, log_pi, mu_t = self.location_network(h_t, noise[:, t])  # (B, 2), (B,), (B, 2)
             baselines.append(self.baseline_network(h_t))  # b_t: (B,)
-            g_t = self.glimpse_network(pyramid, l_t)  # (B, glimpse_size)
+            g_t = self.glimpse_network(x, l_t)  # (B, glimpse_size)
             h_t, states = self.core_network(g_t, states)  # h_{t+1}: (B, core_size)
             locations.append(l_t)
             means.append(mu_t)

@@ -122,7 +122,7 @@ class Retina:
 
     At location `l` it extracts `num_scales` square patches centred on `l`, of sides
     g, 2g, 4g, ... (g = `patch_size`), and reduces patch k to g x g by averaging 2^k x 2^k blocks
-    (area averaging). Out-of-image pixels are zero.
+    (area averaging). Out-of-image pixels are zero. Returns (B, S, g, g, C).
 
     Location convention: `l` is (B, 2) as `(l_y, l_x)` in [-1, 1]; -1 is the outer edge of the
     first row/column, +1 the outer edge of the last, so `(0, 0)` is the image centre and
@@ -131,11 +131,19 @@ class Retina:
     Locations are continuous; a location is *integer-aligned* when every block covers whole
     pixels (for even g: `c` on pixel corners, e.g. `l = 0` on an even-sized image).
 
-    How: block averages of scale k are the image box-filtered by a 2^k x 2^k mean filter (zero
-    padded), read at the block positions. `pyramid()` builds all box-filtered copies once per
-    batch; `sample()` then reads each glimpse with S * g * g bilinear samples. This is exact at
-    integer-aligned locations; elsewhere it is the bilinear interpolation of the neighbouring
-    integer-aligned glimpses (equivalently: the block averages of the bilinearly shifted image).
+    Non-aligned locations: a block average is taken of the bilinearly interpolated image, which
+    equals bilinearly sampling the 2^k box-filtered image at the block positions, i.e. it
+    interpolates linearly between the neighbouring aligned glimpses.
+
+    How: area averaging after bilinear interpolation is separable. Along one axis, block j of
+    scale k (n = 2^k pixels, first pixel at the continuous position
+    `p = c + (j - (g - 1) / 2) n - (n - 1) / 2`) gives pixel q the weight
+    `f(q - p) / n`, `f(t) = clip(min(t + 1, n - t), 0, 1)` (a box of n pixels convolved with
+    the bilinear hat: 0 or 1 at aligned positions, so aligned glimpses are exact). With these
+    weights stacked into `A_y` (B, S g, H) and `A_x` (B, S g, W), the glimpses of scale k are
+    `A_y,k @ image @ A_x,k^T`: two batched matmuls for all images and scales at once, no loop
+    over the batch and no pre-filtered copies of the image. Pixels outside the image have no
+    column in `A`, which is exactly zero padding. Differentiable w.r.t. `images` and `l`.
     """
 
     def __init__(self, patch_size: int, num_scales: int):
@@ -143,73 +151,41 @@ class Retina:
             raise ValueError(f"patch_size and num_scales must be >= 1, got {patch_size}, {num_scales}")
         self.patch_size = patch_size
         self.num_scales = num_scales
-        # Zero margin that holds the support of the widest box filter (2^(S-1) - 1 pixels).
-        self.margin = 2 ** (num_scales - 1) - 1
         g = patch_size
-        blocks = 2.0 ** np.arange(num_scales)[:, None]  # (S, 1) block side 2^k
+        blocks = 2.0 ** np.arange(num_scales)[:, None]  # (S, 1) block side n = 2^k
         j = np.arange(g)[None, :]  # (1, g)
-        # Array coordinate (in the padded pyramid level) of the first pixel of block j of scale k,
-        # relative to the glimpse centre: centre offset of the block minus half the block width.
-        self._offsets = (self.margin + (j - (g - 1) / 2.0) * blocks - (blocks - 1) / 2.0).astype(
-            np.float32
-        )  # (S, g)
+        # First pixel of block j of scale k relative to the glimpse centre, and the block side.
+        self._starts = ((j - (g - 1) / 2.0) * blocks - (blocks - 1) / 2.0).reshape(1, -1, 1)
+        self._sides = np.broadcast_to(blocks, (num_scales, g)).reshape(1, -1, 1)  # (1, S g, 1)
 
-    def pyramid(self, images):
-        """Box-filtered copies of `images`, one per scale.
-
-        Args:
-            images: (B, H, W, C) float.
-
-        Returns:
-            (B * S, H + 2m, W + 2m, C), m = 2^(S-1) - 1, batch-major (image b, scale k at row
-            b * S + k). Level k at array index p + m holds the mean of the 2^k x 2^k block whose
-            top-left pixel is p (zero padded).
-        """
-        images = ops.convert_to_tensor(images)
-        m = self.margin
-        level = ops.pad(images, ((0, 0), (m, m), (m, m), (0, 0)))  # (B, H+2m, W+2m, C)
-        size_h, size_w = ops.shape(level)[1], ops.shape(level)[2]
-        levels = [level]
-        for k in range(1, self.num_scales):
-            n = 2 ** (k - 1)  # block side of the previous level; each level halves twice
-            level = 0.5 * (level[:, :-n] + level[:, n:])
-            level = 0.5 * (level[:, :, :-n] + level[:, :, n:])
-            # Pad back to a common size; the box filter's support ends inside the margin.
-            shrink = 2 ** k - 1
-            levels.append(ops.pad(level, ((0, 0), (0, shrink), (0, shrink), (0, 0))))
-        stacked = ops.stack(levels, axis=1)  # (B, S, H+2m, W+2m, C)
-        channels = ops.shape(images)[3]
-        return ops.reshape(stacked, (-1, size_h, size_w, channels))  # (B * S, H+2m, W+2m, C)
-
-    def sample(self, pyramid, l, image_shape):
-        """Reads the glimpses at `l` from a `pyramid()`.
-
-        Args:
-            pyramid: (B * S, H + 2m, W + 2m, C) from `pyramid()`.
-            l: (B, 2) locations `(l_y, l_x)` in [-1, 1] (see the class docstring).
-            image_shape: `(H, W)` of the original images.
-
-        Returns:
-            (B, S, g, g, C) glimpses.
-        """
-        height, width = image_shape
-        l = ops.cast(l, pyramid.dtype)
-        centre_y = (l[:, 0] + 1.0) * (height / 2.0) - 0.5  # (B,)
-        centre_x = (l[:, 1] + 1.0) * (width / 2.0) - 0.5  # (B,)
-        offsets = ops.convert_to_tensor(self._offsets, dtype=pyramid.dtype)  # (S, g)
-        s, g = self.num_scales, self.patch_size
-        zeros = ops.zeros((1, s, g, g), dtype=pyramid.dtype)
-        rows = ops.reshape(centre_y, (-1, 1, 1, 1)) + ops.reshape(offsets, (1, s, g, 1)) + zeros
-        cols = ops.reshape(centre_x, (-1, 1, 1, 1)) + ops.reshape(offsets, (1, s, 1, g)) + zeros
-        rows = ops.reshape(rows, (-1, g, g))  # (B * S, g, g)
-        cols = ops.reshape(cols, (-1, g, g))  # (B * S, g, g)
-        patches = bilinear_sample(pyramid, rows, cols)  # (B * S, g, g, C)
-        return ops.reshape(patches, (-1, s, g, g, ops.shape(pyramid)[3]))  # (B, S, g, g, C)
+    def weights(self, centre, size, dtype="float32"):
+        """Area-averaging weights along one axis: centre (B,) pixel coordinate -> (B, S g, size)."""
+        starts = ops.convert_to_tensor(self._starts, dtype=dtype)  # (1, S g, 1)
+        sides = ops.convert_to_tensor(self._sides, dtype=dtype)  # (1, S g, 1)
+        pixels = ops.reshape(ops.arange(size, dtype=dtype), (1, 1, size))  # (1, 1, size)
+        t = pixels - ops.reshape(centre, (-1, 1, 1)) - starts  # (B, S g, size)
+        return ops.clip(ops.minimum(t + 1.0, sides - t), 0.0, 1.0) / sides
 
     def __call__(self, images, l):
-        """Glimpses of `images` (B, H, W, C) at `l` (B, 2): returns (B, S, g, g, C)."""
+        """Glimpses of `images` (B, H, W, C) float at `l` (B, 2): returns (B, S, g, g, C)."""
         images = ops.convert_to_tensor(images)
-        return self.sample(self.pyramid(images), l, tuple(ops.shape(images)[1:3]))
+        _, height, width, channels = ops.shape(images)
+        s, g = self.num_scales, self.patch_size
+        l = ops.cast(l, images.dtype)
+        centre_y = (l[:, 0] + 1.0) * (height / 2.0) - 0.5  # (B,)
+        centre_x = (l[:, 1] + 1.0) * (width / 2.0) - 0.5  # (B,)
+        a_y = self.weights(centre_y, height, images.dtype)  # (B, S g, H)
+        a_x = self.weights(centre_x, width, images.dtype)  # (B, S g, W)
+        a_x = ops.transpose(ops.reshape(a_x, (-1, g, width)), (0, 2, 1))  # (B S, W, g)
+        rows = ops.matmul(a_y, ops.reshape(images, (-1, height, width * channels)))  # (B, S g, W C)
+        rows = ops.reshape(rows, (-1, g, width, channels))  # (B S, g, W, C)
+        if channels == 1:
+            out = ops.matmul(rows[..., 0], a_x)[..., None]  # (B S, g, g, 1)
+        else:
+            rows = ops.reshape(ops.transpose(rows, (0, 1, 3, 2)), (-1, g * channels, width))
+            out = ops.matmul(rows, a_x)  # (B S, g C, g)
+            out = ops.transpose(ops.reshape(out, (-1, g, channels, g)), (0, 1, 3, 2))
+        return ops.reshape(out, (-1, s, g, g, channels))  # (B, S, g, g, C)
 
 
 def extract_glimpses(images, l, patch_size, num_scales):

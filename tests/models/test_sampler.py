@@ -239,12 +239,24 @@ def test_retina_location_convention():
     np.testing.assert_array_equal(outside, 0)
 
 
-def test_retina_pyramid_is_shared_between_glimpses(rng):
-    images = rng.random((2, 30, 30, 1)).astype(np.float32)
-    retina = Retina(6, 3)
-    pyramid = retina.pyramid(images)
-    assert tuple(pyramid.shape) == (2 * 3, 30 + 6, 30 + 6, 1)
-    for l in rng.uniform(-1, 1, (3, 2, 2)).astype(np.float32):
-        np.testing.assert_allclose(
-            np.asarray(retina.sample(pyramid, l, (30, 30))), np.asarray(retina(images, l)), atol=1e-7
-        )
+def test_retina_weights_are_exact_box_averages_when_aligned():
+    retina = Retina(3, 3)
+    a = np.asarray(retina.weights(np.array([9.5], np.float32), 20))[0]  # (S g, 20)
+    assert a.shape == (9, 20)
+    np.testing.assert_array_equal(a.sum(axis=1), 1.0)  # every block inside: weights sum to 1
+    np.testing.assert_array_equal(a[3 + 1], np.isin(np.arange(20), [9, 10]) / 2.0)  # scale 1, middle block
+    np.testing.assert_array_equal(a[6 + 0], np.isin(np.arange(20), [4, 5, 6, 7]) / 4.0)  # scale 2, first block
+
+
+def test_retina_gradients_reach_images_and_locations(rng):
+    images = rng.random((2, 16, 12, 1)).astype(np.float32)
+    l = rng.uniform(-0.9, 0.9, (2, 2)).astype(np.float32)
+    weights = rng.normal(size=(2, 2, 4, 4, 1)).astype(np.float32)
+
+    def loss(img, loc):
+        return keras.ops.sum(Retina(4, 2)(img, loc) * weights)
+
+    g_img, g_l = gradients(loss, images, l)
+    assert np.all(np.isfinite(g_l)) and np.abs(g_l).min() > 0
+    assert np.abs(g_img).max() > 0
+
