@@ -132,7 +132,7 @@ class GlimpseNetwork(layers.Layer):
 
     def call(self, x, l_t):
         patches = self.retina(x, l_t)  # (B, S, g, g, C)
-        rho = ops.reshape(patches, (ops.shape(l_t)[0], -1))  # (B, S * g * g * C)
+        rho = ops.reshape(patches, (-1, math.prod(patches.shape[1:])))  # (B, S * g * g * C)
         h_g = self.fc_glimpse(rho)  # (B, glimpse_hidden)
         h_l = self.fc_location(l_t)  # (B, location_hidden)
         return self.fc_g(ops.concatenate([h_g, h_l], axis=-1))  # g_t: (B, glimpse_size)
