@@ -1,8 +1,8 @@
-"""Model registry and typed `key=value` overrides of the config dataclasses.
+"""Plain-Python configuration: model registry, typed `key=value` overrides, training options.
 
 Each model module defines its own frozen config dataclass and a dict of named presets; this
-module only maps a model name to (model class, config class, presets) and turns command-line
-strings into a checked config:
+module maps a model name to (model class, config class, presets), turns command-line strings
+into a checked config and defines `TrainConfig`, the options of a training run:
 
     spec = get_model_spec("cnn")
     config = make_config(spec, preset="modern", overrides=["widths=16,32,64", "dropout=0.2"])

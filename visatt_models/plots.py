@@ -24,18 +24,23 @@ WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (200, 200, 200)
 TRAIN_COLOUR, VAL_COLOUR = (31, 119, 180), (214, 39, 40)
 
 
-def plot_run(out, model, split, *, count: int = 6) -> list[Path]:
-    """Every picture that applies to the run in `out`; returns the files written."""
+def plot_run(out, model, split, *, count: int = 6, batch_size: int | None = None) -> list[Path]:
+    """Every picture that applies to the run in `out`; returns the files written.
+
+    The first `count` test images are drawn. They are predicted as part of a batch of
+    `batch_size` (the evaluation's), so a compiled predict function is reused, not rebuilt.
+    """
     out = Path(out)
     written = [learning_curves(out / "log.csv", out / "learning_curves.png")]
-    images, labels = split.read(np.arange(min(count, len(split))))  # (n, H, W, C) uint8
-    outputs = model.predict_on_batch(images)
-    logits = keras.ops.convert_to_numpy(outputs["logits"])
+    images, labels = split.read(np.arange(min(max(count, batch_size or 0), len(split))))  # (n, H, W, C) uint8
+    outputs = {k: keras.ops.convert_to_numpy(v)[:count] for k, v in model.predict_on_batch(images).items()}
+    images, labels = images[:count], labels[:count]
+    logits = outputs["logits"]
     if "locations" in outputs and hasattr(model, "config") and hasattr(model.config, "patch_size"):
-        locations = keras.ops.convert_to_numpy(outputs["locations"])  # (n, T, 2)
+        locations = outputs["locations"]  # (n, T, 2)
         written.append(glimpses(images, labels, logits, locations, model.config.patch_size, model.config.scales, out / "glimpses.png"))
     if "transformed" in outputs:
-        transformed = keras.ops.convert_to_numpy(outputs["transformed"])  # (n, h, w, C) in [0, 1]
+        transformed = outputs["transformed"]  # (n, h, w, C) in [0, 1]
         written.append(transforms(images, labels, logits, transformed, out / "transforms.png"))
     return written
 

@@ -184,8 +184,11 @@ def prepare_folder(out, spec: RunSpec, mode: Literal["new", "resume", "overwrite
     if mode == "resume":
         if not holds_run:
             raise RunError(f"{out}: nothing to resume (no {RUN_FILE})")
+        state = _load_state(out)
+        if state is not None and spec.train.epochs < state["epochs_completed"]:
+            raise RunError(f"{out}: the run has completed {state['epochs_completed']} epochs; --epochs {spec.train.epochs} would shorten it")
         _write_json(out / RUN_FILE, spec.to_json())  # epochs or the store's path may have changed
-        return _load_state(out)
+        return state
     if out.exists() and any(out.iterdir()):
         if not holds_run:
             raise RunError(f"{out}: not empty and not a run folder; choose another --out")
@@ -248,6 +251,7 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
         model = spec.build_model()
         model.compile(optimizer=make_optimizer(t), loss=None)
     else:
+        cfg.get_model_spec(spec.model)  # imports the model's module: load_model needs its classes registered
         model = keras.models.load_model(out / state["last_checkpoint"])
         set_seed_states(model, state["seed_states"])
     _remove_unreferenced_checkpoints(out, state)
@@ -273,7 +277,7 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
     if plots:
         from visatt_models import plots as plotting
 
-        plotting.plot_run(out, best, splits["test"])
+        plotting.plot_run(out, best, splits["test"], batch_size=t.batch_size)
     return metrics
 
 

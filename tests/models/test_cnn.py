@@ -82,3 +82,24 @@ def test_save_and_load_round_trip(tmp_path, arch):
     assert isinstance(loaded, CNN) and loaded.config == config
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(images)["logits"]), keras.ops.convert_to_numpy(model(images)["logits"]), rtol=1e-5, atol=1e-6)
     assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 1
+
+
+@pytest.mark.parametrize("arch", ["seed", "modern"])
+def test_training_flag_reaches_dropout_and_batch_norm_in_a_stateless_call(arch):
+    """JAX's train step runs `stateless_call(..., training=True)`, which calls `call` directly:
+    the flag must be passed down explicitly, or dropout and batch norm stay in inference mode."""
+    keras.utils.set_random_seed(4)
+    images, _ = batch(n=8)
+    model = CNN(CNNConfig(arch=arch, widths=(4, 8), dense=16, dropout=0.5))
+    model(images)
+    trainable = [v.value for v in model.trainable_variables]
+    frozen = [v.value for v in model.non_trainable_variables]
+    outputs = {}
+    for training in (False, True):
+        out, updated = model.stateless_call(trainable, frozen, images, training=training)
+        outputs[training] = keras.ops.convert_to_numpy(out["logits"])
+        moved = [v.path for v, a, b in zip(model.non_trainable_variables, frozen, updated)
+                 if "moving" in v.path and not np.allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))]
+        bn = [v.path for v in model.non_trainable_variables if "moving" in v.path]
+        assert moved == (bn if training else []), f"training={training}: moving statistics updated: {moved}"
+    assert not np.allclose(outputs[False], outputs[True])  # dropout (and batch statistics) act in training

@@ -108,6 +108,9 @@ def test_resume_continues_exactly(cnn_run, store, tmp_path):
     assert run(train_main, ["--out", out, "--resume", "--epochs", 2]).output == result.output
     refused = run(train_main, ["--out", out, "--resume", "--epochs", 3, "--lr", 0.1], ok=False)
     assert refused.exit_code == 1 and "cannot change lr" in refused.output
+    refused = run(train_main, ["--out", out, "--resume", "--epochs", 1], ok=False)
+    assert refused.exit_code == 1 and "would shorten it" in refused.output
+    assert load_run_spec(out).train.epochs == 2
     refused = run(train_main, ["--out", out, "--resume", "--set", "dense=32"], ok=False)
     assert refused.exit_code == 1 and "changes the recorded model config" in refused.output
 
