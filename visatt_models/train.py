@@ -247,7 +247,7 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
     done = 0 if state is None else state["epochs_completed"]
     if state is None:
         state = {"epochs_completed": 0, "best_epoch": None, "best_val_accuracy": None, "last_checkpoint": None,
-                 "best_checkpoint": None, "train_images_per_s": [], "wall_time_s": 0.0, "sessions": 0}
+                 "best_checkpoint": None, "train_images_per_s": [], "wall_time_s": 0.0, "sessions": []}
         model = spec.build_model()
         model.compile(optimizer=make_optimizer(t), loss=None)
     else:
@@ -256,7 +256,9 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
         set_seed_states(model, state["seed_states"])
     _remove_unreferenced_checkpoints(out, state)
     _truncate_log(out / LOG_FILE, done)
-    state["sessions"] += 1
+    # Each session's first epoch includes compilation; its backend may differ (a .keras
+    # checkpoint resumes on either).
+    state["sessions"].append({"backend": keras.backend.backend(), "first_epoch": done + 1})
 
     if done < t.epochs:
         train_batches = Batches(splits["train"], t.batch_size, shuffle=True, seed=t.seed, epoch=done, drop_remainder=True)
@@ -460,7 +462,8 @@ def evaluate(model, split: Split, *, batch_size: int = 256, mc_samples: int = 0)
 
 def _metrics(spec: RunSpec, info: StoreInfo, splits: dict, state: dict, result: dict) -> dict:
     speeds = state["train_images_per_s"]
-    steady = speeds[1:] if len(speeds) > 1 else speeds  # the first epoch includes compilation
+    compiling = {session["first_epoch"] for session in state["sessions"]}
+    steady = [v for epoch, v in enumerate(speeds, 1) if epoch not in compiling] or speeds
     return {
         **result,
         "train_images_per_s": statistics.median(steady) if steady else None,
