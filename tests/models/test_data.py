@@ -92,3 +92,16 @@ def test_training_drops_only_a_partial_last_batch(store):
     assert Batches(split, 128, shuffle=True, drop_remainder=True).samples_per_epoch == 256
     assert len(Batches(split, 128, shuffle=False)) == 3
     assert len(Batches(split, 512, shuffle=True, drop_remainder=True)) == 1  # fewer samples than a batch
+
+
+def test_streamed_batches_feed_keras_fit(store):
+    """The PyDataset runs under `fit` on the active backend, including a partial last batch."""
+    import keras
+
+    split = Split(open_store(store), "train", memory_limit=1)  # streamed, one chunk per window
+    batches = Batches(split, 700, shuffle=True, seed=1)  # 3 batches, one window (chunk) each
+    val = Batches(Split(open_store(store), "val"), 128, shuffle=False)  # 128, 128, 44
+    model = keras.Sequential([keras.layers.Input((28, 28, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    history = model.fit(batches, validation_data=val, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and 0 <= history["val_accuracy"][0] <= 1
