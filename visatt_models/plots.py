@@ -143,22 +143,20 @@ def glimpses(images, labels, logits, locations, patch_size, scales, png, *, size
     for i in range(n):
         y0 = i * height_row
         picture = _to_rgb(images[i], size)
-        canvas.paste(picture, (0, y0))
+        marks = ImageDraw.Draw(picture)  # drawn on the picture: what leaves the image is cut off
         zoom = size / h
         # Retina convention: pixel-edge coordinate c = (l + 1) * H / 2 along each axis.
-        centres = [((l[1] + 1) * w / 2 * zoom, y0 + (l[0] + 1) * h / 2 * zoom) for l in locations[i]]
+        centres = [((l[1] + 1) * w / 2 * zoom, (l[0] + 1) * h / 2 * zoom) for l in locations[i]]
         for t, (cx, cy) in enumerate(centres):
             colour = _step_colour(t, steps)
-            half = patch_size / 2 * zoom
-            draw.rectangle([cx - half, cy - half, cx + half, cy + half], outline=colour)
-            if t == steps - 1:
-                for k in range(1, scales):
-                    half_k = patch_size * 2**k / 2 * zoom
-                    draw.rectangle([cx - half_k, cy - half_k, cx + half_k, cy + half_k], outline=colour)
+            for k in range(scales if t == steps - 1 else 1):  # every scale at the last glimpse
+                half = patch_size * 2**k / 2 * zoom
+                marks.rectangle([cx - half, cy - half, cx + half, cy + half], outline=colour)
         if len(centres) > 1:
-            draw.line(centres, fill=(255, 215, 0), width=1)
+            marks.line(centres, fill=(255, 215, 0), width=1)
         for t, (cx, cy) in enumerate(centres):
-            draw.text((cx, cy), str(t + 1), fill=_step_colour(t, steps), font=_font(11), anchor="mm")
+            marks.text((cx, cy), str(t + 1), fill=_step_colour(t, steps), font=_font(11), anchor="mm")
+        canvas.paste(picture, (0, y0))
         _caption(draw, (2, y0 + size + 4), labels[i], logits[i])
         # Retina patches: (T, S, g, g, C) for this image at its T locations.
         tiled = np.repeat(images[i : i + 1].astype(np.float32) / 255.0, steps, axis=0)  # (T, H, W, C)
