@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import keras
 import numpy as np
@@ -51,7 +52,7 @@ class RAMConfig:
     glimpse_hidden: int = 128  # h_g
     location_hidden: int = 128  # h_l
     glimpse_size: int = 256  # g_t
-    core: str = "lstm"  # "lstm" (the seed article) or "rnn" (the paper's ReLU RNN)
+    core: Literal["lstm", "rnn"] = "lstm"  # the seed article's LSTM or the paper's ReLU RNN
     core_size: int = 256  # h_t
     std: float = 0.17
     location_clip: float = 1.0

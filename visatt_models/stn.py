@@ -20,6 +20,7 @@ Typical use:
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import keras
 from keras import layers, ops
@@ -43,7 +44,7 @@ class STNConfig:
     loc_filters: tuple[int, ...] = (20, 20)
     loc_kernel: int = 5
     loc_dense: tuple[int, ...] = (50,)
-    init: str = "identity"
+    init: Literal["identity", "zoom"] = "identity"
     zoom: float = 0.5
     output_size: tuple[int, int] | None = None
     cls_filters: tuple[int, ...] = (32, 64)
@@ -67,6 +68,15 @@ class STNConfig:
             raise ValueError(f"zoom must be > 0, got {self.zoom}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+STN_PRESETS: dict[str, STNConfig] = {
+    # Starts from the identity and keeps the input size.
+    "identity": STNConfig(),
+    # For 100x100 canvases: starts looking at the central 50x50 pixels at full resolution
+    # (zoom 0.5 onto a 50x50 output), so the classifier works on a digit-sized window.
+    "zoom-100": STNConfig(init="zoom", zoom=0.5, output_size=(50, 50)),
+}
 
 
 def _conv_stack(filters, kernel, seed, prefix):

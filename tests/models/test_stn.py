@@ -96,3 +96,12 @@ def test_config_validation():
     with pytest.raises(ValueError):
         STNConfig(init="rotate")
     assert STNConfig(output_size=[60, 60]).output_size == (60, 60)
+
+
+def test_presets_build():
+    from visatt_models.stn import STN_PRESETS
+
+    out = STN(STN_PRESETS["zoom-100"])(np.zeros((1, 100, 100, 1), np.uint8))
+    assert tuple(out["transformed"].shape) == (1, 50, 50, 1)
+    np.testing.assert_allclose(np.asarray(out["theta"])[0], [[0.5, 0, 0], [0, 0.5, 0]])
+    assert STN_PRESETS["identity"] == STNConfig()
