@@ -98,3 +98,13 @@ def test_dict_round_trip_restores_tuples():
     assert config_from_dict(CNNConfig, values) == config
     with pytest.raises(ConfigError, match="no field"):
         config_from_dict(CNNConfig, {**values, "extra": 1})
+
+
+@pytest.mark.parametrize("name", ["cnn", "ram", "stn"])
+def test_every_registered_model_and_preset_resolves(name):
+    spec = get_model_spec(name)
+    assert dataclasses.is_dataclass(spec.config_cls) and spec.presets
+    assert "num_classes" in {f.name for f in dataclasses.fields(spec.config_cls)}  # the trainer sets it
+    for preset in spec.presets:
+        config = make_config(spec, preset=preset, num_classes=10)
+        assert isinstance(config, spec.config_cls) and config.num_classes == 10
