@@ -10,8 +10,12 @@ Every option is documented in docs/models.md.
 from __future__ import annotations
 
 import json
+import os
 
 import click
+
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) hides the training log.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from visatt_models.config import MODEL_NAMES, ConfigError, TrainConfig  # plain Python: --help stays fast
 
