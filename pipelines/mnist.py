@@ -17,10 +17,9 @@ import functools
 
 import numpy as np
 
-from pipelines.canvas import crop, named_rng, paste, sample_rng
+from pipelines.canvas import DIGIT, add_clutter, named_rng, paste, sample_rng
 from pipelines.sources import MnistSource, load_mnist
 
-DIGIT = 28
 _PERMUTATION = 1000  # spawn key of the train/val permutation (sample keys use split codes 0..3)
 
 
@@ -96,28 +95,15 @@ def _split_pools(seed: int, val_size: int, source: MnistSource):
 def generate(recipe: MnistCanvasRecipe, source: MnistSource, split: str, start: int, stop: int) -> dict[str, np.ndarray]:
     """Samples [start, stop) of `split`: images (B, C, C, 1) uint8, labels (B,), boxes (B, 4)."""
     pool_images, pool_labels = split_pools(recipe, source)[split]
-    n_pool = len(pool_labels)
     b, c, k, n_clutter = stop - start, recipe.canvas, recipe.clutter_size, recipe.clutter_count
-    if n_clutter and n_pool < 2:
-        raise ValueError(f"split {split!r} has {n_pool} digit(s): clutter needs another digit")
     top = np.empty(b, np.int64)  # (B,)
     left = np.empty(b, np.int64)  # (B,)
-    others = np.empty((b, n_clutter), np.int64)  # (B, K) pool indices of clutter sources
-    crop_at = np.empty((b, n_clutter, 2), np.int64)  # (B, K, 2) crop offset inside the 28x28 digit
-    place_at = np.empty((b, n_clutter, 2), np.int64)  # (B, K, 2) crop position on the canvas
-    for row, index in enumerate(range(start, stop)):
-        rng = sample_rng(recipe.seed, split, index)
+    rngs = [sample_rng(recipe.seed, split, index) for index in range(start, stop)]
+    for row, rng in enumerate(rngs):
         top[row], left[row] = rng.integers(0, c - DIGIT + 1, size=2)
-        if n_clutter:
-            other = rng.integers(0, n_pool - 1, size=n_clutter)
-            others[row] = other + (other >= index)  # any digit of the split but this one
-            crop_at[row] = rng.integers(0, DIGIT - k + 1, size=(n_clutter, 2))
-            place_at[row] = rng.integers(0, c - k + 1, size=(n_clutter, 2))
-
     canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C), wide enough for 9 overlapping pastes
-    for j in range(n_clutter):  # distractors first, as DeepMind's generator; addition commutes anyway
-        patches = crop(pool_images[others[:, j]], crop_at[:, j, 0], crop_at[:, j, 1], k)
-        paste(canvas, patches, place_at[:, j, 0], place_at[:, j, 1])
+    # Distractors first, as DeepMind's generator (addition commutes anyway).
+    add_clutter(canvas, rngs, pool_images, start, n_clutter, k)
     paste(canvas, pool_images[start:stop], top, left)
     images = np.minimum(canvas, 255).astype(np.uint8)[..., None]  # (B, C, C, 1)
     boxes = np.stack([top, left, np.full(b, DIGIT), np.full(b, DIGIT)], axis=1).astype(np.int32)

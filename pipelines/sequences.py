@@ -26,7 +26,7 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from pipelines.canvas import crop, paste, sample_rng
+from pipelines.canvas import add_clutter, other_digits, paste, sample_rng
 from pipelines.mnist import DIGIT, split_pools
 from pipelines.sources import MnistSource, load_mnist
 
@@ -91,31 +91,6 @@ def _empty(b: int) -> dict[str, np.ndarray]:
     }
 
 
-def _others(rng: np.random.Generator, n_pool: int, index: int, count: int) -> np.ndarray:
-    """`count` uniform pool indices other than `index` (with replacement)."""
-    if count and n_pool < 2:
-        raise ValueError(f"the split has {n_pool} digit(s): a sample needs another digit")
-    other = rng.integers(0, n_pool - 1, size=count)
-    return other + (other >= index)
-
-
-def _clutter(canvas: np.ndarray, rng_rows: list, pool_images: np.ndarray, index0: int, count: int, size: int) -> None:
-    """Add `count` random `size` x `size` crops of other digits of the split to each canvas (vectorised)."""
-    if not count:
-        return
-    b, c = len(canvas), canvas.shape[1]
-    others = np.empty((b, count), np.int64)  # (B, K)
-    crop_at = np.empty((b, count, 2), np.int64)  # (B, K, 2)
-    place_at = np.empty((b, count, 2), np.int64)  # (B, K, 2)
-    for row, rng in enumerate(rng_rows):
-        others[row] = _others(rng, len(pool_images), index0 + row, count)
-        crop_at[row] = rng.integers(0, DIGIT - size + 1, size=(count, 2))
-        place_at[row] = rng.integers(0, c - size + 1, size=(count, 2))
-    for j in range(count):
-        patches = crop(pool_images[others[:, j]], crop_at[:, j, 0], crop_at[:, j, 1], size)
-        paste(canvas, patches, place_at[:, j, 0], place_at[:, j, 1])
-
-
 def generate_sequences(
     recipe: SequenceRecipe, pool_images: np.ndarray, pool_labels: np.ndarray, split: str, start: int, stop: int
 ) -> dict[str, np.ndarray]:
@@ -129,7 +104,7 @@ def generate_sequences(
         rng = sample_rng(recipe.seed, split, index)
         rngs.append(rng)
         length = int(rng.integers(recipe.min_length, recipe.max_length + 1))
-        others = _others(rng, n_pool, index, length - 1)
+        others = other_digits(rng, n_pool, index, length - 1)
         digits = np.insert(others, rng.integers(0, length), index)  # (L,) the source digit at a random place
         gaps = rng.integers(recipe.min_gap, recipe.max_gap + 1, size=length - 1)  # (L - 1,)
         drops = rng.integers(0, recipe.jitter + 1, size=length)  # (L,)
@@ -154,7 +129,7 @@ def generate_sequences(
         out["lengths"][row] = length
     # Clutter draws come after the digit draws of each sample's generator; pasted under the digits
     # (addition commutes, so the order of pasting does not change the bytes).
-    _clutter(canvas, rngs, pool_images, start, recipe.clutter_count, recipe.clutter_size)
+    add_clutter(canvas, rngs, pool_images, start, recipe.clutter_count, recipe.clutter_size)
     out["images"] = np.minimum(canvas, 255).astype(np.uint8)[..., None]  # (B, C, C, 1)
     return out
 
@@ -172,7 +147,7 @@ def generate_pairs(
     for row, index in enumerate(range(start, stop)):
         rng = sample_rng(recipe.seed, split, index)
         rngs.append(rng)
-        pair = np.array([index, _others(rng, n_pool, index, 1)[0]])
+        pair = np.array([index, other_digits(rng, n_pool, index, 1)[0]])
         first = rng.integers(0, c - DIGIT + 1, size=2)
         while True:  # rejection sampling: the second digit must not overlap the first
             second = rng.integers(0, c - DIGIT + 1, size=2)
@@ -181,7 +156,7 @@ def generate_pairs(
         order = np.lexsort(([first[0], second[0]], [first[1], second[1]]))  # by left, then top
         digits[row], at[row] = pair[order], np.stack([first, second])[order]
     canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C)
-    _clutter(canvas, rngs, pool_images, start, recipe.clutter_count, recipe.clutter_size)
+    add_clutter(canvas, rngs, pool_images, start, recipe.clutter_count, recipe.clutter_size)
     for j in range(2):
         paste(canvas, pool_images[digits[:, j]], at[:, j, 0], at[:, j, 1])
     out["images"] = np.minimum(canvas, 255).astype(np.uint8)[..., None]  # (B, C, C, 1)
