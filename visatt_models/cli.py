@@ -39,7 +39,7 @@ def _fail(e: Exception):
 @click.option("--store", type=click.Path(exists=True, file_okay=False), help="Zarr store from `visatt-data build` (required for a new run).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoints, log.csv, metrics.json, PNGs.")
 @click.option("--model", type=click.Choice(MODEL_NAMES), default="cnn", show_default=True, help="Model to train.")
-@click.option("--preset", help="Named model config (cnn: seed, modern, modern-small; ram: paper-28, paper-60, paper-100, seed-100; stn: identity, zoom-100).")
+@click.option("--preset", help="Named model config (cnn: seed, modern, modern-small; ram: paper-28, paper-60, paper-100, seed-100, visatt-60, visatt-100; stn: identity, zoom-100).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one model config field (repeatable), e.g. --set glimpses=6.")
 @click.option("--epochs", type=click.IntRange(1), default=_DEFAULTS.epochs, show_default=True, help="Total epochs (may be raised on --resume).")
 @click.option("--batch-size", type=click.IntRange(1), default=_DEFAULTS.batch_size, show_default=True)

@@ -231,3 +231,13 @@ def test_presets_build_on_their_canvas(name, size):
 def test_config_rejects_unknown_core():
     with pytest.raises(ValueError):
         RAMConfig(core="gru")
+
+
+@pytest.mark.parametrize("name,size", [("visatt-60", 60), ("visatt-100", 100)])
+def test_tuned_presets_differ_from_the_paper_only_in_core_and_policy_weight(name, size):
+    config = RAM_PRESETS[name]
+    paper = RAM_PRESETS[name.replace("visatt", "paper")]
+    assert (config.core, config.reinforce_weight, config.detach_policy_gradient) == ("lstm", 0.05, False)
+    assert (config.glimpses, config.patch_size, config.scales) == (paper.glimpses, paper.patch_size, paper.scales)
+    out = RAM(config)(np.zeros((2, size, size, 1), np.uint8))
+    assert tuple(out["logits"].shape) == (2, config.num_classes)
