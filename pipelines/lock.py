@@ -27,8 +27,9 @@ class LockError(Exception):
 
 
 def recipe_json(recipe) -> str:
-    """Canonical JSON of a recipe dataclass (sorted keys, no whitespace)."""
-    return json.dumps(dataclasses.asdict(recipe), sort_keys=True, separators=(",", ":"))
+    """Canonical JSON of a recipe (a dataclass, or its dict as stored in attributes)."""
+    data = recipe if isinstance(recipe, dict) else dataclasses.asdict(recipe)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def recipe_digest(recipe) -> str:

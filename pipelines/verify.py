@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from pipelines import store
-from pipelines.lock import Lock, compare
+from pipelines.lock import Lock, compare, recipe_digest
 
 
 def verify_store(path: Path, lock_path=None) -> tuple[list[str], list[str]]:
@@ -23,8 +21,7 @@ def verify_store(path: Path, lock_path=None) -> tuple[list[str], list[str]]:
             problems.append(f"{key}: listed in the attributes but missing from the store")
         else:
             problems.append(f"{key}: content digest {actual[key][:23]}... differs from recorded {recorded[key][:23]}...")
-    canonical = json.dumps(attrs.get("recipe"), sort_keys=True, separators=(",", ":"))
-    if "sha256:" + hashlib.sha256(canonical.encode()).hexdigest() != attrs.get("recipe_digest"):
+    if recipe_digest(attrs.get("recipe") or {}) != attrs.get("recipe_digest"):
         problems.append("recipe: the recorded recipe does not match the recorded recipe digest")
     name, version = attrs.get("dataset"), attrs.get("version")
     source = (attrs.get("recipe") or {}).get("source")

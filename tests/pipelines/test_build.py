@@ -142,3 +142,12 @@ def test_a_killed_build_leaves_the_previous_store_intact(tmp_path, home, empty_l
     # the next build of this target removes a killed build's debris
     build_dataset("mnist-translated-60", out, source="sample", overwrite=True, limit=5, progress=False)
     assert not list(tmp_path.glob(".k.zarr.partial-*"))
+
+
+def test_verify_catches_a_recipe_that_does_not_match_its_digest(tmp_path, empty_lock):
+    out = build_dataset("mnist-translated-60", tmp_path / "r.zarr", source="sample", limit=10, progress=False)
+    attrs = store.store_attrs(out)
+    attrs["recipe"]["seed"] = 1
+    store.finalize(out, attrs)
+    problems, _ = verify_store(out)
+    assert problems == ["recipe: the recorded recipe does not match the recorded recipe digest"]
