@@ -67,10 +67,13 @@ def mnist_cache_dir() -> Path:
     return visatt_home() / "sources" / "mnist"
 
 
-def _open_decoded(path: Path):
+def _is_gzip(path: Path) -> bool:
     with open(path, "rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _open_decoded(path: Path):
+    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
 
 
 def read_decoded(path: Path) -> bytes:
@@ -202,7 +205,7 @@ def _verify_into(src: Path, f: SourceFile, dest_dir: Path) -> Path:
     dest = dest_dir / f"{f.name}.gz"
     with tempfile.NamedTemporaryFile(dir=dest_dir, prefix=f".{f.name}.", delete=False) as tmp:
         try:
-            if src.read_bytes()[:2] == b"\x1f\x8b":
+            if _is_gzip(src):
                 shutil.copyfileobj(open(src, "rb"), tmp)
             else:
                 tmp.write(gzip.compress(data, compresslevel=6, mtime=0))
