@@ -77,8 +77,14 @@ class PairsRecipe:
     generator: int = 1
 
     def __post_init__(self):
-        if self.canvas < (DIGIT if self.overlap else 2 * DIGIT):
-            raise ValueError(f"canvas {self.canvas} cannot hold two {DIGIT}x{DIGIT} digits")
+        if self.canvas < DIGIT:
+            raise ValueError(f"canvas {self.canvas} cannot hold a {DIGIT}x{DIGIT} digit")
+        # Without overlap, the second digit must find room beside the first wherever that fell:
+        # from the middle position p = (canvas - 28) // 2 the farthest one is ceil((canvas - 28) / 2)
+        # away, which must be >= 28 (a smaller canvas made the rejection loop spin forever).
+        if not self.overlap and -(-(self.canvas - DIGIT) // 2) < DIGIT:
+            raise ValueError(f"canvas {self.canvas} cannot always place two non-overlapping {DIGIT}x{DIGIT} digits "
+                             f"(needs >= {3 * DIGIT - 1}, or allow overlap)")
         if self.clutter_count < 0 or self.val_size < 0 or self.seed < 0 or not 1 <= self.clutter_size <= DIGIT:
             raise ValueError("clutter count, val size and seed must be non-negative, clutter size in 1..28")
 

@@ -117,8 +117,15 @@ def test_recipes_check_their_options():
         seq.SequenceRecipe(max_length=6)
     with pytest.raises(ValueError, match="gaps"):
         seq.SequenceRecipe(min_gap=-28)
-    with pytest.raises(ValueError, match="cannot hold two"):
+    with pytest.raises(ValueError, match="cannot always place two non-overlapping"):
         seq.PairsRecipe(canvas=50)
+    # 60x60 fits two digits side by side, but not beside one that fell in the middle: refused
+    # (it used to spin forever in the rejection loop); with overlap allowed, 28 is enough.
+    with pytest.raises(ValueError, match=r"needs >= 83"):
+        seq.PairsRecipe(canvas=82)
+    assert seq.PairsRecipe(canvas=83).canvas == 83 and seq.PairsRecipe(canvas=28, overlap=True).canvas == 28
+    with pytest.raises(ValueError, match="cannot hold a 28x28 digit"):
+        seq.PairsRecipe(canvas=27, overlap=True)
 
 
 def test_family_on_the_embedded_sample():
