@@ -7,8 +7,8 @@
 Each model trains on random uint8 canvases (default 100x100x1, batch 128) with Adam via
 `train_on_batch`; the first `--warmup` steps (tracing, compilation) are not timed, then
 `--steps` steps are, and the median of `--repeats` timed runs is reported. RAM uses the
-100x100 setting of the paper: 8 glimpses, 4 scales of 12x12 (`RAM_PRESETS["paper-100"]`,
-`--core lstm` for the seed article's LSTM core).
+100x100 setting of the paper: 8 glimpses, 4 scales of 12x12 (preset `paper-100`,
+`--core lstm` for the seed article's LSTM core). Multi-digit models: bench_sequence.py.
 
 `--jit auto` is Keras' own default (what `compile()` gives without the argument: XLA off
 for TensorFlow on CPU, on for JAX); `on`/`off` force it. Other processes sharing the CPU lower
@@ -18,7 +18,6 @@ the numbers: run it more than once.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import time
@@ -28,22 +27,20 @@ import numpy as np
 
 
 def build(name: str, core: str, size: int):
+    from visatt_models import registry
+
+    def preset(model, preset, **fields):
+        spec = registry.get_model_spec(model)
+        return spec.model_cls(registry.make_config(spec, preset=preset, **fields))
+
     if name == "ram":
-        from visatt_models.ram import RAM, RAM_PRESETS
-
-        config = dataclasses.replace(RAM_PRESETS["paper-100"], core=core)
-        return RAM(config), f"RAM {config.glimpses} glimpses, {config.scales} x {config.patch_size}px, {core}"
+        model = preset("ram", "paper-100", core=core)
+        c = model.config
+        return model, f"RAM {c.glimpses} glimpses, {c.scales} x {c.patch_size}px, {core}"
     if name == "stn":
-        from visatt_models.stn import STN, STNConfig
-
-        return STN(STNConfig()), "STN (default STNConfig)"
+        return preset("stn", None), "STN (default STNConfig)"
     if name == "cnn":
-        try:
-            from visatt_models.cnn import CNN, CNN_PRESETS
-        except ImportError as error:  # written by another module owner; may not exist yet
-            print(f"cnn: skipped ({error})")
-            return None, ""
-        return CNN(CNN_PRESETS["seed"]), "CNN (CNN_PRESETS['seed'])"
+        return preset("cnn", "seed"), "CNN (preset seed)"
     raise ValueError(f"unknown model {name!r}")
 
 
@@ -82,8 +79,6 @@ def main(argv=None):
           f"batch={args.batch_size} input={args.size}x{args.size}x1 uint8 --jit {args.jit}")
     for name in args.models:
         model, label = build(name, args.core, args.size)
-        if model is None:
-            continue
         jit = {"auto": "auto", "on": True, "off": False}[args.jit]
         rate, rates, warm = throughput(model, jit, args.batch_size, args.size, args.warmup,
                                        args.steps, args.repeats)

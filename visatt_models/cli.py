@@ -1,8 +1,9 @@
-"""`visatt-train` and `visatt-eval`: parse options and call `visatt_models.train`.
+"""`visatt-train`, `visatt-eval` and `visatt-predict`: parse options and call the library.
 
     visatt-train --store data.zarr --model cnn --preset modern --epochs 20 --out runs/cnn-modern
     visatt-train --out runs/cnn-modern --resume --epochs 30      # continue (and extend) a run
     visatt-eval --run runs/cnn-modern --store other.zarr         # refuses another dataset
+    visatt-predict --run runs/cnn-modern house.png door.png      # the predicted number per image
 
 Every option is documented in docs/models.md.
 """
@@ -17,7 +18,8 @@ import click
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) hides the training log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from visatt_models.config import MODEL_NAMES, ConfigError, TrainConfig  # plain Python: --help stays fast
+from visatt_models.config import ConfigError, TrainConfig  # plain Python: --help stays fast
+from visatt_models.registry import MODEL_NAMES, presets_help
 
 _DEFAULTS = TrainConfig()
 
@@ -35,11 +37,28 @@ def _fail(e: Exception):
     raise click.ClickException(str(e)) from None
 
 
+class CropType(click.ParamType):
+    """`54` (square) or `54,48` (height, width)."""
+
+    name = "H[,W]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            sizes = tuple(int(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not N or H,W", param, ctx)
+        if len(sizes) not in (1, 2) or min(sizes) < 1:
+            self.fail(f"{value!r} is not N or H,W with positive sizes", param, ctx)
+        return sizes * 2 if len(sizes) == 1 else sizes
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--store", type=click.Path(exists=True, file_okay=False), help="Zarr store from `visatt-data build` (required for a new run).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoints, log.csv, metrics.json, PNGs.")
 @click.option("--model", type=click.Choice(MODEL_NAMES), default="cnn", show_default=True, help="Model to train.")
-@click.option("--preset", help="Named model config (cnn: seed, modern, modern-small; ram: paper-28, paper-60, paper-100, seed-100, visatt-60, visatt-100; stn: identity, zoom-100).")
+@click.option("--preset", help=f"Named model config ({presets_help()}); docs/models.md describes each.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one model config field (repeatable), e.g. --set glimpses=6.")
 @click.option("--epochs", type=click.IntRange(1), default=_DEFAULTS.epochs, show_default=True, help="Total epochs (may be raised on --resume).")
 @click.option("--batch-size", type=click.IntRange(1), default=_DEFAULTS.batch_size, show_default=True)
@@ -49,17 +68,27 @@ def _fail(e: Exception):
 @click.option("--clipnorm", type=click.FloatRange(0, min_open=True), default=None, help="Clip each gradient to this norm.")
 @click.option("--seed", type=click.IntRange(0), default=_DEFAULTS.seed, show_default=True, help="Run seed: weights, data order, sampling.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N samples of each split (quick runs).")
-@click.option("--mc", "mc_samples", type=click.IntRange(0), default=_DEFAULTS.mc_samples, show_default=True, help="RAM: Monte-Carlo location samples at test time (0: none).")
+@click.option("--mc", "mc_samples", type=click.IntRange(0), default=_DEFAULTS.mc_samples, show_default=True, help="Stochastic models (RAM): Monte-Carlo location samples at test time (0: none).")
+@click.option("--head", type=click.Choice(["independent", "length"]), default=None,
+              help="Sequence stores: 'independent' (default; a softmax over the digits and the blank per position, the "
+                   "seed article's SVHN baseline) or 'length' (Goodfellow et al. 2013: a length softmax and digit softmaxes).")
+@click.option("--reverse", is_flag=True, help="Sequence stores: train a right-to-left reader on reversed labels (DRAM's "
+              "backward model; combine it with a left-to-right run in visatt-eval --backward).")
+@click.option("--crop", type=CropType(), default=None, help="Train on random H x W crops (per seed, epoch and sample), "
+              "test on the centre crop, e.g. --crop 54 on svhn-64 (Goodfellow et al.). Default: whole images.")
 @click.option("--memory-limit-mb", type=click.IntRange(1), default=_DEFAULTS.memory_limit // 2**20, show_default=True, help="Splits larger than this are streamed by chunks.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last completed epoch.")
 @click.option("--overwrite", is_flag=True, help="Delete the run in --out and start a new one.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNGs into the run folder.")
 @click.option("--verbose", type=click.IntRange(0, 2), default=2, show_default=True, help="Keras fit verbosity (2: a line per epoch).")
 @click.pass_context
-def train_main(ctx, store, out, model, preset, overrides, resume, overwrite, plots, verbose, memory_limit_mb, **options):
+def train_main(ctx, store, out, model, preset, overrides, head, reverse, resume, overwrite, plots, verbose, memory_limit_mb, **options):
     """Train a model on a store's train split, keep the best val checkpoint, test it once.
 
-    Writes OUT/metrics.json (test accuracy and error, throughput, dataset, config, machine).
+    The store decides the task: one digit per image, or a sequence of up to 5 digits (svhn,
+    mnist-sequences, mnist-pairs), where the best checkpoint is the one with the best val
+    sequence accuracy. Writes OUT/metrics.json (test figures, throughput, dataset, config,
+    machine).
     A folder that holds a run is continued only with --resume and replaced only with
     --overwrite.
     """
@@ -74,39 +103,73 @@ def train_main(ctx, store, out, model, preset, overrides, resume, overwrite, plo
             if "memory_limit_mb" in given:
                 given["memory_limit"] = given.pop("memory_limit_mb") * 2**20
             spec = training.resume_run_spec(
-                out, store=store, model=model if _given(ctx, ["model"]) else None, preset=preset, overrides=overrides, **given
+                out, store=store, model=model if _given(ctx, ["model"]) else None, preset=preset, overrides=overrides,
+                head=head, reverse=reverse, **given
             )
         else:
             if store is None:
                 raise click.UsageError("--store is required for a new run")
             spec = training.make_run_spec(
-                store, model, preset=preset, overrides=overrides, memory_limit=memory_limit_mb * 2**20, **options
+                store, model, preset=preset, overrides=overrides, head=head, reverse=reverse,
+                memory_limit=memory_limit_mb * 2**20, **options
             )
         metrics = training.train(spec, out, mode="resume" if resume else "overwrite" if overwrite else "new", plots=plots, verbose=verbose)
     except (ConfigError, StoreError, training.RunError) as e:
         _fail(e)
-    summary = {k: metrics.get(k) for k in ("test_accuracy", "test_error", "test_accuracy_mc", "test_error_mc", "train_images_per_s") if k in metrics}
+    summary = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "train_images_per_s"}
     click.echo(json.dumps(summary))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Run folder written by visatt-train.")
 @click.option("--store", type=click.Path(exists=True, file_okay=False), help="Store to test on (default: the one trained on).")
-@click.option("--mc", "mc_samples", type=click.IntRange(0), default=None, help="RAM: Monte-Carlo samples (default: the run's).")
+@click.option("--mc", "mc_samples", type=click.IntRange(0), default=None, help="Stochastic models (RAM): Monte-Carlo samples (default: the run's).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Test on the first N samples (default: the run's --limit).")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Default: the run's.")
 @click.option("--force", is_flag=True, help="Evaluate even on a store holding another dataset (name or recipe digest).")
-def eval_main(run_dir, store, mc_samples, limit, batch_size, force):
+@click.option("--backward", "backward", type=click.Path(exists=True, file_okay=False),
+              help="A right-to-left run (visatt-train --reverse) of the same dataset: also report the forward-backward "
+                   "reading of both (DRAM's best SVHN setting).")
+def eval_main(run_dir, store, mc_samples, limit, batch_size, force, backward):
     """Re-evaluate a run's best checkpoint on a store's test split.
 
     Prints the result as JSON and writes it to RUN/eval-<UTC time>.json. A store whose
-    dataset name or recipe digest differs from the one trained on is refused unless --force.
+    dataset name or recipe digest differs from the one trained on is refused unless --force;
+    a store of another task (single digits vs sequences) always. To predict on image files,
+    use visatt-predict.
     """
     from visatt_models import train as training
     from visatt_models.data import StoreError
 
     try:
-        result = training.evaluate_run(run_dir, store=store, mc_samples=mc_samples, limit=limit, force=force, batch_size=batch_size)
+        result = training.evaluate_run(run_dir, store=store, mc_samples=mc_samples, limit=limit, force=force,
+                                       batch_size=batch_size, backward=backward)
     except (ConfigError, StoreError, training.RunError) as e:
         _fail(e)
     click.echo(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Run folder written by visatt-train.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--mc", "mc_samples", type=click.IntRange(0), default=None, help="Stochastic models (RAM): Monte-Carlo samples (default: the run's; 0: one pass).")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print {image: prediction} as JSON.")
+def predict_main(run_dir, images, mc_samples, checkpoint, as_json):
+    """Print the label (or number) a trained run predicts for each image file.
+
+    Each image is converted as the run's store was made: grayscale (RGB for a colour store),
+    resized to the store's size, centre-cropped when the run trained on crops.
+    """
+    from visatt_models import inference
+    from visatt_models.runs import RunError
+
+    try:
+        predicted = inference.predict(run_dir, list(images), mc_samples=mc_samples, checkpoint=checkpoint)
+    except (ConfigError, RunError) as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(dict(zip(images, predicted)), indent=2))
+    else:
+        for image, number in zip(images, predicted):
+            click.echo(f"{image}\t{number}")

@@ -1,4 +1,4 @@
-"""CNN baselines for single-digit canvases: the seed's Keras `mnist_cnn` and a modern residual net.
+"""CNN baselines: the seed article's Keras `mnist_cnn` and a modern residual net, on any task.
 
 `arch="seed"` is the classic Keras MNIST example the seed article used as its baseline:
 conv32 3x3 ReLU, conv64 3x3 ReLU, max-pool 2, dropout 0.25, dense 128 ReLU, dropout 0.5,
@@ -9,11 +9,15 @@ small digit among clutter other than memorising positions.
 `arch="modern"` is what one would pick today for cluttered canvases: a small ResNet
 (He et al. 2016) of conv-BN-ReLU basic blocks, each stage halving the resolution, ending in
 global average pooling, so the classifier is translation invariant and the receptive field
-(~90 px with four stages) covers the canvas. ~1.2M parameters with the default widths.
+(~90 px with four stages) covers the canvas. ~1.2M parameters with the default widths. For
+sequences `pool="flatten"` keeps the final map's layout (which digit is where) and a hidden
+dense layer reads it, like the fully connected layers of Goodfellow et al. 2013.
 
-Both take raw uint8 images (B, H, W, C), scale them to [0, 1] inside and return
-`{"logits": (B, num_classes)}`. The loss (softmax cross-entropy) is computed once, in
-`compute_loss`, which also tracks the `accuracy` metric.
+Both are feature extractors topped by the task's heads (`tasks.TaskHead`): one softmax on a
+single-digit store; on a sequence store either the seed article's SVHN baseline (5 independent
+11-way softmaxes, blank = class 10) or Goodfellow et al. 2013's length head (`--head length`).
+They take raw uint8 images (B, H, W, C), scale them to [0, 1] inside and return the heads'
+logits (`{"logits": (B, K)}` on a digit task). The loss is the task's (`base.VisattModel`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from typing import Literal
 
 import keras
 from keras import layers, ops
+
+from visatt_models.base import VisattModel
+from visatt_models.tasks import TaskHead
 
 _PACKAGE = "visatt"
 DEFAULT_WIDTHS = {"seed": (32, 64), "modern": (32, 64, 128, 256)}
@@ -36,23 +43,27 @@ BN_MOMENTUM = 0.9
 class CNNConfig:
     """CNN hyper-parameters.
 
-    arch: "seed" (Keras mnist_cnn) or "modern" (residual net with global average pooling).
+    arch: "seed" (Keras mnist_cnn) or "modern" (residual net).
     widths: seed: the two conv widths; modern: stem width then one entry per stage (each stage
         halves the resolution). Empty means the arch's default (`DEFAULT_WIDTHS`).
-    dense: seed only: width of the hidden dense layer.
-    dropout: seed: dropout after the conv block (0.25); modern: dropout before the classifier.
-    dense_dropout: seed only: dropout after the hidden dense layer (0.5).
+    pool: modern only: "average" (global average pooling: translation invariant, for one digit)
+        or "flatten" (keeps where each feature is: a multi-digit head must know which digit
+        comes first, as Goodfellow et al.'s fully connected layers do).
+    dense: width of the hidden dense layer (ReLU) before the heads; None: the arch's default
+        (seed 128, modern none); 0: none.
+    dropout: seed: dropout after the conv block (0.25); modern: dropout before the hidden dense
+        layer (or the heads).
+    dense_dropout: dropout after the hidden dense layer (seed: 0.5).
     blocks: modern only: basic blocks per stage.
-    num_classes: output classes (the store's `num_classes`).
     """
 
     arch: Literal["seed", "modern"] = "seed"
     widths: tuple[int, ...] = ()
-    dense: int = 128
+    pool: Literal["average", "flatten"] = "average"
+    dense: int | None = None
     dropout: float = 0.25
     dense_dropout: float = 0.5
     blocks: int = 1
-    num_classes: int = 10
 
     def __post_init__(self):
         if self.arch not in DEFAULT_WIDTHS:
@@ -60,22 +71,21 @@ class CNNConfig:
         if not self.widths:  # resolve here so the saved config names the real widths
             object.__setattr__(self, "widths", DEFAULT_WIDTHS[self.arch])
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if self.dense is None:
+            object.__setattr__(self, "dense", 128 if self.arch == "seed" else 0)
         if self.arch == "seed" and len(self.widths) != 2:
             raise ValueError(f"the seed CNN has exactly 2 conv widths, got {self.widths}")
+        if self.arch == "seed" and self.dense < 1:
+            raise ValueError("the seed CNN has a hidden dense layer (dense >= 1)")
         if self.arch == "modern" and len(self.widths) < 2:
             raise ValueError(f"the modern CNN needs a stem width and at least one stage, got {self.widths}")
-        if any(w < 1 for w in self.widths) or self.dense < 1 or self.blocks < 1 or self.num_classes < 2:
-            raise ValueError("widths, dense and blocks must be positive and num_classes at least 2")
+        if self.pool not in ("average", "flatten"):
+            raise ValueError(f"pool must be 'average' or 'flatten', got {self.pool!r}")
+        if any(w < 1 for w in self.widths) or self.dense < 0 or self.blocks < 1:
+            raise ValueError("widths and blocks must be positive, dense non-negative")
         for name in ("dropout", "dense_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-
-
-CNN_PRESETS = {
-    "seed": CNNConfig(arch="seed"),
-    "modern": CNNConfig(arch="modern"),
-    "modern-small": CNNConfig(arch="modern", widths=(16, 32, 64, 128)),
-}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -140,55 +150,62 @@ class BasicBlock(layers.Layer):
         return {**super().get_config(), "filters": self.filters, "strides": self.strides}
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class CNN(keras.Model):
-    """CNN classifier of uint8 images (B, H, W, C) -> {"logits": (B, num_classes)}."""
+def conv_stack(filters, kernels, seed, prefix, pool=True):
+    """conv (ReLU, 'same', Glorot-uniform seeded `seed + i`) [+ 2x2 max-pool] per entry of
+    `filters`; `kernels` is one size for all or one per conv."""
+    kernels = [kernels] * len(filters) if isinstance(kernels, int) else list(kernels)
+    stack = []
+    for i, (f, k) in enumerate(zip(filters, kernels)):
+        stack.append(layers.Conv2D(f, k, padding="same", activation="relu",
+                                   kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i),
+                                   name=f"{prefix}_conv{i}"))
+        if pool:
+            stack.append(layers.MaxPooling2D(2, name=f"{prefix}_pool{i}"))
+    return stack
 
-    def __init__(self, config: CNNConfig | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config if config is not None else CNNConfig()
-        c = self.config
-        if c.arch == "seed":
-            self.features = [
-                layers.Conv2D(c.widths[0], 3, activation="relu"),
-                layers.Conv2D(c.widths[1], 3, activation="relu"),
-                layers.MaxPooling2D(2),
-                layers.Dropout(c.dropout),
-                layers.Flatten(),
-                layers.Dense(c.dense, activation="relu"),
-                layers.Dropout(c.dense_dropout),
-            ]
-        else:
-            self.features = [ConvBN(c.widths[0])]  # stem at full resolution
-            for width in c.widths[1:]:
-                self.features.append(BasicBlock(width, strides=2))
-                self.features.extend(BasicBlock(width) for _ in range(c.blocks - 1))
-            self.features.extend([layers.GlobalAveragePooling2D(), layers.Dropout(c.dropout)])
-        self.classifier = layers.Dense(c.num_classes)
-        self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+def feature_layers(c: CNNConfig) -> list:
+    """The feature extractor of `c`: images in [0, 1] (B, H, W, C) -> features (B, F)."""
+    if c.arch == "seed":
+        return [
+            layers.Conv2D(c.widths[0], 3, activation="relu"),
+            layers.Conv2D(c.widths[1], 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Dropout(c.dropout),
+            layers.Flatten(),
+            layers.Dense(c.dense, activation="relu"),
+            layers.Dropout(c.dense_dropout),
+        ]
+    features = [ConvBN(c.widths[0])]  # stem at full resolution
+    for width in c.widths[1:]:
+        features.append(BasicBlock(width, strides=2))
+        features.extend(BasicBlock(width) for _ in range(c.blocks - 1))
+    features += [layers.GlobalAveragePooling2D() if c.pool == "average" else layers.Flatten(), layers.Dropout(c.dropout)]
+    if c.dense:
+        features += [layers.Dense(c.dense, activation="relu"), layers.Dropout(c.dense_dropout)]
+    return features
+
+
+def apply_layers(stack, x, training):
+    """Run `stack` on x, passing `training` explicitly: Keras' call context does not reach
+    sublayers when a trainer runs `call` directly (JAX's stateless train step does), and dropout
+    and batch norm would silently stay in inference mode."""
+    for layer in stack:
+        x = layer(x, training=training)
+    return x
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CNN(VisattModel):
+    """CNN of uint8 images (B, H, W, C) -> the task's heads ({"logits": (B, K)} for digits)."""
+
+    config_cls = CNNConfig
+
+    def __init__(self, config: CNNConfig | None = None, task=None, **kwargs):
+        super().__init__(config, task, **kwargs)
+        self.features = feature_layers(self.config)
+        self.classifier = TaskHead(self.task, name="classifier")
 
     def call(self, images, training=False):
         x = ops.cast(images, "float32") / 255.0  # (B, H, W, C) in [0, 1]
-        for layer in self.features:
-            # Explicit: Keras' call context does not reach sublayers when a trainer runs
-            # `call` directly (JAX's stateless train step does): dropout and batch norm would
-            # silently stay in inference mode.
-            x = layer(x, training=training)
-        return {"logits": self.classifier(x)}  # (B, num_classes)
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Softmax cross-entropy of the logits against integer labels y (B,); tracks accuracy."""
-        logits = y_pred["logits"]
-        loss = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)  # (B,)
-        self.accuracy.update_state(y, logits, sample_weight=sample_weight)
-        if sample_weight is not None:
-            return ops.sum(loss * sample_weight) / ops.maximum(ops.sum(sample_weight), 1e-12)
-        return ops.mean(loss)
-
-    def get_config(self):
-        return {**super().get_config(), "config": dataclasses.asdict(self.config)}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(CNNConfig(**config.pop("config")), **config)
+        return self.classifier(apply_layers(self.features, x, training))  # the task's heads

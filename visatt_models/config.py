@@ -1,33 +1,18 @@
-"""Plain-Python configuration: model registry, typed `key=value` overrides, training options.
+"""Plain-Python configuration: typed `key=value` overrides of config dataclasses, training options.
 
-Each model module defines its own frozen config dataclass and a dict of named presets; this
-module maps a model name to (model class, config class, presets), turns command-line strings
-into a checked config and defines `TrainConfig`, the options of a training run:
+    config = parse_overrides(CNNConfig, ["widths=16,32,64", "dropout=0.2"])
 
-    spec = get_model_spec("cnn")
-    config = make_config(spec, preset="modern", overrides=["widths=16,32,64", "dropout=0.2"])
-    model = spec.model_cls(config)
-
-An unknown model, preset or key, or a value of the wrong type, raises `ConfigError` with a
-one-line message. Model modules are imported on first use, so `--help` stays fast and a model
-whose module is missing fails with a clear message, not at import time.
+An unknown key, or a value of the wrong type, raises `ConfigError` with a one-line message.
+The models and their presets are listed in `registry.py`; `TrainConfig` holds the options of a
+training run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import types
 import typing
 from typing import Any, Literal
-
-# name -> (module, model class, config class, presets dict)
-_MODELS = {
-    "cnn": ("visatt_models.cnn", "CNN", "CNNConfig", "CNN_PRESETS"),
-    "ram": ("visatt_models.ram", "RAM", "RAMConfig", "RAM_PRESETS"),
-    "stn": ("visatt_models.stn", "STN", "STNConfig", "STN_PRESETS"),
-}
-MODEL_NAMES = tuple(_MODELS)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -43,9 +28,12 @@ class TrainConfig:
 
     epochs: total epochs of the run (a resumed run may raise it).
     limit: use at most this many samples of each split (the first ones; for quick runs).
-    mc_samples: test-time Monte-Carlo location samples for models that have
-        `mc_probabilities` (RAM); 0 skips the MC evaluation.
+    mc_samples: test-time Monte-Carlo location samples for stochastic models (RAM); 0 skips
+        the MC evaluation.
     memory_limit: bytes of a split held in memory; larger splits are streamed by chunks.
+    crop: (h, w): train on random h x w crops of the store's images, drawn per (seed, epoch,
+        sample index), and evaluate on the centre crop (Goodfellow et al. 2013: 54x54 of 64x64);
+        None: whole images.
     """
 
     epochs: int = 10
@@ -58,8 +46,13 @@ class TrainConfig:
     limit: int | None = None
     mc_samples: int = 10
     memory_limit: int = DEFAULT_MEMORY_LIMIT
+    crop: tuple[int, int] | None = None
 
     def __post_init__(self):
+        if self.crop is not None:
+            object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
+            if len(self.crop) != 2 or min(self.crop) < 1:
+                raise ValueError(f"crop must be (height, width) >= 1, got {self.crop}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("epochs, batch size and learning rate must be positive")
         if self.limit is not None and self.limit < 1:
@@ -70,43 +63,6 @@ class TrainConfig:
 
 class ConfigError(ValueError):
     """A model name, preset, override key or value is not valid (one-line message)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    model_cls: type
-    config_cls: type
-    presets: dict
-
-
-def get_model_spec(name: str) -> ModelSpec:
-    if name not in _MODELS:
-        raise ConfigError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
-    module_name, model, config, presets = _MODELS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name != module_name:
-            raise
-        raise ConfigError(f"model {name!r} is not available: module {module_name} does not exist") from None
-    return ModelSpec(name, getattr(module, model), getattr(module, config), dict(getattr(module, presets, {})))
-
-
-def make_config(spec: ModelSpec, *, preset: str | None = None, overrides: list[str] = (), **fields):
-    """The config of `spec`: its preset (or the dataclass defaults), then `fields`, then `overrides`."""
-    if preset is None:
-        base = spec.config_cls()
-    elif preset in spec.presets:
-        base = spec.presets[preset]
-        if isinstance(base, dict):  # a preset may also be given as field values
-            base = _construct(spec.config_cls, base)
-    else:
-        known = ", ".join(sorted(spec.presets)) or "none"
-        raise ConfigError(f"unknown preset {preset!r} for model {spec.name!r}; known: {known}")
-    if fields:
-        base = replace(base, **fields)
-    return parse_overrides(type(base), overrides, base=base)
 
 
 def parse_overrides(config_cls: type, overrides: list[str], *, base=None):
@@ -145,7 +101,8 @@ def replace(config, **changes):
         raise ConfigError(f"invalid {type(config).__name__}: {e}") from None
 
 
-def _construct(config_cls: type, values: dict):
+def construct(config_cls: type, values: dict):
+    """`config_cls(**values)` with the config's validation errors turned into ConfigError."""
     try:
         return config_cls(**values)
     except (TypeError, ValueError) as e:
@@ -164,7 +121,7 @@ def config_from_dict(config_cls: type, values: dict):
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"{config_cls.__name__} has no field(s) {', '.join(unknown)}")
-    return _construct(config_cls, {k: _from_json(v, hints[k]) for k, v in values.items()})
+    return construct(config_cls, {k: _from_json(v, hints[k]) for k, v in values.items()})
 
 
 def _from_json(value, tp):

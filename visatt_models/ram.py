@@ -1,11 +1,14 @@
 """Recurrent Attention Model (RAM): Mnih, Heess, Graves, Kavukcuoglu, "Recurrent Models of Visual
 Attention", NIPS 2014 (arXiv:1406.6247).
 
-One class per box of the paper's Fig. 1: the glimpse sensor (`sampler.Retina`), `GlimpseNetwork`
-(f_g), `CoreNetwork` (f_h), `LocationNetwork` (f_l), `ActionNetwork` (f_a) and
-`BaselineNetwork` (b_t). `RAM` unrolls them for `glimpses` steps and trains with the paper's
-hybrid loss (Sec. 4): cross-entropy for the classifier, REINFORCE for the location policy and a
-squared error for the baseline, all in one `compute_loss`.
+One class per box of the paper's Fig. 1: the glimpse sensor (`attention.GlimpseSensor`),
+`GlimpseNetwork` (f_g), `CoreNetwork` (f_h), the location network f_l and the baseline b_t (shared
+with DRAM in `attention.py`), and the action network f_a, which is the task's head
+(`tasks.TaskHead`: one softmax on single-digit stores, the sequence heads on multi-digit ones).
+`RAM` unrolls them for `glimpses` steps and trains with the paper's hybrid loss (Sec. 4): the
+task's cross-entropy for the classifier, REINFORCE for the location policy and a squared error
+for the baseline, all in one `compute_loss`. The reward R is 1 when the task counts the
+prediction right (on a sequence store: every digit and the length).
 
 Time indexing used here (and in the outputs): at step t = 0 .. T-1 the location network reads
 the state h_t (h_0 = 0) and draws l_t ~ pi(. | h_t); the baseline b_t reads the same state, so
@@ -15,10 +18,12 @@ used for a glimpse, and l_0 (from the zero state) is a learnt starting point plu
 
 Typical use:
 
-    model = RAM(RAM_PRESETS["paper-100"])
+    model = RAM(RAMConfig(glimpses=8, patch_size=12, scales=4, core="rnn"))   # the paper's 100x100 setting
     model.compile(optimizer="adam")
     model.fit(images_uint8, labels, batch_size=128)
-    probabilities = model.mc_probabilities(test_images, samples=10)
+    outputs = model(test_images, deterministic=True)                        # glimpses at the policy means
+
+Presets (the paper's settings and ours) are in `registry.py`.
 """
 
 from __future__ import annotations
@@ -28,10 +33,18 @@ import math
 from typing import Literal
 
 import keras
-import numpy as np
 from keras import layers, ops
 
-from visatt_models.sampler import Retina
+from visatt_models.attention import (
+    AttentionModel,
+    BaselineNetwork,
+    GlimpseSensor,
+    LocationNetwork,
+    reinforce_terms,
+    seeded_dense,
+)
+from visatt_models.base import weighted_mean
+from visatt_models.tasks import TaskHead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +72,6 @@ class RAMConfig:
     # False: the REINFORCE gradient flows through the location network into the core and the
     # glimpse network, as in the paper. True: it stops at h_t (only f_l learns from it).
     detach_policy_gradient: bool = False
-    num_classes: int = 10
     ce_weight: float = 1.0
     reinforce_weight: float = 1.0
     baseline_weight: float = 1.0
@@ -69,37 +81,11 @@ class RAMConfig:
         if self.core not in ("lstm", "rnn"):
             raise ValueError(f"core must be 'lstm' or 'rnn', got {self.core!r}")
         for name in ("glimpses", "patch_size", "scales", "glimpse_hidden", "location_hidden",
-                     "glimpse_size", "core_size", "num_classes"):
+                     "glimpse_size", "core_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.std > 0:
             raise ValueError(f"std must be > 0, got {self.std}")
-
-
-# Settings of the paper's classification experiments (Sec. 4.1, Tables 1-2; ReLU RNN core).
-RAM_PRESETS: dict[str, RAMConfig] = {
-    # 28x28 MNIST: 7 glimpses of one 8x8 patch (1.07% error, NIPS version).
-    "paper-28": RAMConfig(glimpses=7, patch_size=8, scales=1, core="rnn"),
-    # 60x60 translated / cluttered MNIST: 8 glimpses, 3 scales of 12x12 (1.2% / 4.04%).
-    "paper-60": RAMConfig(glimpses=8, patch_size=12, scales=3, core="rnn"),
-    # 100x100 cluttered MNIST: 8 glimpses, 4 scales of 12x12 (8.11%).
-    "paper-100": RAMConfig(glimpses=8, patch_size=12, scales=4, core="rnn"),
-    # The seed article's variant of paper-100 with an LSTM core.
-    "seed-100": RAMConfig(glimpses=8, patch_size=12, scales=4, core="lstm"),
-    # Our training recipe (short experiments on mnist-cluttered-60, see the README): an LSTM core
-    # and the policy gradient reaching it at 1/20 weight. At full weight the REINFORCE term,
-    # summed over the glimpses and scaled by 1/std, swamps the classifier (chance level); detached,
-    # the early glimpses hover around the centre.
-    "visatt-60": RAMConfig(glimpses=8, patch_size=12, scales=3, core="lstm", std=0.11, reinforce_weight=0.05),
-    "visatt-100": RAMConfig(glimpses=8, patch_size=12, scales=4, core="lstm", std=0.11, reinforce_weight=0.05),
-}
-
-
-def _dense(units, seed, activation=None, use_bias=True, name=None, zero=False):
-    """A Dense layer with its own fixed initialiser seed, so a config always gives the same weights."""
-    kernel = "zeros" if zero else keras.initializers.GlorotUniform(seed=seed)
-    return layers.Dense(units, activation=activation, use_bias=use_bias,
-                        kernel_initializer=kernel, name=name)
 
 
 @keras.saving.register_keras_serializable(package="visatt")
@@ -121,10 +107,10 @@ class GlimpseNetwork(layers.Layer):
     def __init__(self, patch_size, scales, glimpse_hidden, location_hidden, glimpse_size, seed=0,
                  **kwargs):
         super().__init__(**kwargs)
-        self.retina = Retina(patch_size, scales)
-        self.fc_glimpse = _dense(glimpse_hidden, seed + 1, "relu", name="fc_glimpse")
-        self.fc_location = _dense(location_hidden, seed + 2, "relu", name="fc_location")
-        self.fc_g = _dense(glimpse_size, seed + 3, "relu", name="fc_g")
+        self.retina = GlimpseSensor(patch_size, scales, name="retina")
+        self.fc_glimpse = seeded_dense(glimpse_hidden, seed + 1, "relu", name="fc_glimpse")
+        self.fc_location = seeded_dense(location_hidden, seed + 2, "relu", name="fc_location")
+        self.fc_g = seeded_dense(glimpse_size, seed + 3, "relu", name="fc_g")
         self._args = dict(patch_size=patch_size, scales=scales, glimpse_hidden=glimpse_hidden,
                           location_hidden=location_hidden, glimpse_size=glimpse_size, seed=seed)
 
@@ -171,7 +157,7 @@ class CoreNetwork(layers.Layer):
                 name="lstm",
             )
         elif kind == "rnn":
-            self.fc_h = _dense(units, seed + 5, "relu", name="fc_h")
+            self.fc_h = seeded_dense(units, seed + 5, "relu", name="fc_h")
         else:
             raise ValueError(f"unknown core {kind!r}")
 
@@ -199,112 +185,28 @@ class CoreNetwork(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="visatt")
-class LocationNetwork(layers.Layer):
-    """Location network f_l(h_t; theta_l) and the Gaussian policy (Sec. 3.1, Sec. 4.1).
-
-        mu_t  = Linear(h_t)                       (B, 2), linear as in the paper
-        l_t   = mu_t + std * eps,  eps ~ N(0, I)   (B, 2), a constant for autodiff
-        log_pi = log N(l_t; mu_t, std^2 I)         (B,)
-
-    The sample is stop-gradient'ed: the classifier's loss cannot reach theta_l through l_t, only
-    REINFORCE (through log_pi) trains this network. `detach=True` also stops that gradient at
-    h_t. The returned location is clipped to [-clip, clip]; log_pi is of the unclipped sample.
-    """
-
-    def __init__(self, std, clip=1.0, detach=False, seed=0, **kwargs):
-        super().__init__(**kwargs)
-        self.std = std
-        self.clip = clip
-        self.detach = detach
-        self.seed = seed
-        self.fc = _dense(2, seed + 7, name="fc_mean")
-
-    def build(self, h_shape):
-        self.fc.build(h_shape)
-        self.built = True
-
-    def call(self, h_t, noise):
-        """`h_t` (B, core_size), `noise` (B, 2) standard normal -> l_t (B, 2), log_pi (B,), mu_t (B, 2)."""
-        if self.detach:
-            h_t = ops.stop_gradient(h_t)
-        mu = self.fc(h_t)  # (B, 2)
-        sample = ops.stop_gradient(mu + self.std * noise)  # (B, 2)
-        z = (sample - mu) / self.std
-        log_pi = ops.sum(-0.5 * z * z - math.log(self.std) - 0.5 * math.log(2 * math.pi), axis=-1)
-        l_t = ops.clip(sample, -self.clip, self.clip)
-        return l_t, log_pi, mu
-
-    def get_config(self):
-        return {**super().get_config(), "std": self.std, "clip": self.clip,
-                "detach": self.detach, "seed": self.seed}
-
-
-@keras.saving.register_keras_serializable(package="visatt")
-class ActionNetwork(layers.Layer):
-    """Action (classification) network f_a(h_T; theta_a): logits (B, num_classes), softmax in the loss."""
-
-    def __init__(self, num_classes, seed=0, **kwargs):
-        super().__init__(**kwargs)
-        self.num_classes = num_classes
-        self.seed = seed
-        self.fc = _dense(num_classes, seed + 8, name="fc_logits")
-
-    def build(self, h_shape):
-        self.fc.build(h_shape)
-        self.built = True
-
-    def call(self, h_t):
-        return self.fc(h_t)  # (B, num_classes)
-
-    def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes, "seed": self.seed}
-
-
-@keras.saving.register_keras_serializable(package="visatt")
-class BaselineNetwork(layers.Layer):
-    """Baseline b_t = Linear(h_t) (Sec. 4.1, "variance reduction"): predicts the reward R.
-
-    It reads a stop-gradient'ed h_t, so regressing the reward does not shape the core's state.
-    """
-
-    def __init__(self, seed=0, **kwargs):
-        super().__init__(**kwargs)
-        self.seed = seed
-        self.fc = _dense(1, seed + 9, name="fc_baseline")
-
-    def build(self, h_shape):
-        self.fc.build(h_shape)
-        self.built = True
-
-    def call(self, h_t):
-        return self.fc(ops.stop_gradient(h_t))[:, 0]  # (B,)
-
-    def get_config(self):
-        return {**super().get_config(), "seed": self.seed}
-
-
-@keras.saving.register_keras_serializable(package="visatt")
-class RAM(keras.Model):
-    """The Recurrent Attention Model for classification, trained with the hybrid loss.
+class RAM(AttentionModel):
+    """The Recurrent Attention Model, trained with the hybrid loss.
 
     Input: raw pixels (B, H, W, C), uint8 0..255 (scaled to [0, 1] inside, so a saved model
     takes raw images). `call(images, training=False, deterministic=False)` returns a dict:
 
-        logits     (B, num_classes)  from h_T
+        <the task's heads>  from h_T: logits (B, K) on a digit task; digit_logits (B, P, K') ...
         locations  (B, T, 2)         l_t as (y, x) in [-1, 1] (retina convention), clipped
         means      (B, T, 2)         mu_t, the policy means
         log_pi     (B, T)            log pi(l_t | h_t)
         baseline   (B, T)            b_t
 
-    Locations are sampled in training and at inference (that is what `mc_probabilities`
-    averages over) with the model's own `SeedGenerator`, seeded from the config; its state is
+    Locations are sampled in training and at inference (the evaluator's Monte-Carlo averaging
+    draws several) with the model's own `SeedGenerator`, seeded from the config; its state is
     saved with the model. `deterministic=True` glimpses at the means instead.
     """
 
-    def __init__(self, config: RAMConfig | None = None, **kwargs):
-        super().__init__(**kwargs)
-        config = config or RAMConfig()
-        self.config = config
+    config_cls = RAMConfig
+
+    def __init__(self, config: RAMConfig | None = None, task=None, **kwargs):
+        super().__init__(config, task, **kwargs)
+        config = self.config
         seed = config.seed * 100
         self.glimpse_network = GlimpseNetwork(
             config.patch_size, config.scales, config.glimpse_hidden, config.location_hidden,
@@ -314,13 +216,11 @@ class RAM(keras.Model):
         self.location_network = LocationNetwork(
             config.std, config.location_clip, config.detach_policy_gradient, seed=seed,
             name="location_network")
-        self.action_network = ActionNetwork(config.num_classes, seed=seed, name="action_network")
+        self.action_network = TaskHead(self.task, seed=seed + 8, name="action_network")  # f_a
         self.baseline_network = BaselineNetwork(seed=seed, name="baseline_network")
-        self.seed_generator = keras.random.SeedGenerator(config.seed)
         self.ce_tracker = keras.metrics.Mean(name="ce_loss")
         self.reinforce_tracker = keras.metrics.Mean(name="reinforce_loss")
         self.baseline_tracker = keras.metrics.Mean(name="baseline_loss")
-        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
 
     def build(self, images_shape):
         """`images_shape`: (B, H, W, C)."""
@@ -336,10 +236,7 @@ class RAM(keras.Model):
         cfg = self.config
         x = ops.cast(images, "float32") / 255.0  # (B, H, W, C) in [0, 1]
         batch = ops.shape(x)[0]
-        if deterministic:
-            noise = ops.zeros((batch, cfg.glimpses, 2))
-        else:
-            noise = keras.random.normal((batch, cfg.glimpses, 2), seed=self.seed_generator)
+        noise = self.location_noise(batch, cfg.glimpses, deterministic)  # (B, T, 2)
         states = self.core_network.initial_state(batch)
         h_t = states[0]  # h_0 = 0: (B, core_size)
         locations, means, log_pis, baselines = [], [], [], []
@@ -352,7 +249,7 @@ class RAM(keras.Model):
             means.append(mu_t)
             log_pis.append(log_pi)
         return {
-            "logits": self.action_network(h_t),  # (B, num_classes)
+            **self.action_network(h_t),  # the task's heads from h_T
             "locations": ops.stack(locations, axis=1),  # (B, T, 2)
             "means": ops.stack(means, axis=1),  # (B, T, 2)
             "log_pi": ops.stack(log_pis, axis=1),  # (B, T)
@@ -362,85 +259,21 @@ class RAM(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Hybrid loss (Sec. 4, "Training procedure"), summed with the config's weights:
 
-            ce        = mean_b  -log softmax(logits)[y]
-            reinforce = mean_b  sum_t -log_pi_t * stop_gradient(R - b_t),  R = 1[argmax = y]
+            ce        = mean_b  task loss (softmax cross-entropy; summed over a sequence's heads)
+            reinforce = mean_b  sum_t -log_pi_t * stop_gradient(R - b_t),  R = 1[task counts it right]
             baseline  = mean_bt (b_t - R)^2
 
-        Each term, and the accuracy (= mean R), is tracked as a metric.
+        Each term and the task's metrics (accuracy = mean R on a digit task) are tracked.
         """
-        y = ops.cast(ops.reshape(y, (-1,)), "int32")  # (B,)
-        logits = y_pred["logits"]
+        ce, reward = self.task_loss(y, y_pred, sample_weight)  # (B,), (B,)
         log_pi = y_pred["log_pi"]  # (B, T)
-        baseline = y_pred["baseline"]  # (B, T)
-        reward = ops.cast(ops.argmax(logits, axis=-1) == y, "float32")  # R: (B,)
-        advantage = ops.stop_gradient(reward[:, None] - baseline)  # (B, T)
-
-        ce = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)  # (B,)
-        reinforce = ops.sum(-log_pi * advantage, axis=1)  # (B,)
-        baseline_mse = ops.mean(ops.square(baseline - reward[:, None]), axis=1)  # (B,)
-
-        ce, reinforce, baseline_mse, accuracy = (
-            _weighted_mean(v, sample_weight) for v in (ce, reinforce, baseline_mse, reward)
-        )
+        rewards = ops.broadcast_to(reward[:, None], ops.shape(log_pi))  # R credited to every step
+        reinforce, baseline_mse = reinforce_terms(log_pi, rewards, y_pred["baseline"])  # (B,), (B,)
+        ce, reinforce, baseline_mse = (weighted_mean(v, sample_weight) for v in (ce, reinforce, baseline_mse))
         self.ce_tracker.update_state(ce)
         self.reinforce_tracker.update_state(reinforce)
         self.baseline_tracker.update_state(baseline_mse)
-        self.accuracy_tracker.update_state(accuracy)
         cfg = self.config
         total = (cfg.ce_weight * ce + cfg.reinforce_weight * reinforce
                  + cfg.baseline_weight * baseline_mse)
-        return total + ops.sum(self.losses) if self.losses else total
-
-    def mc_probabilities(self, images, samples=10, batch_size=None):
-        """Monte-Carlo class probabilities: the softmax averaged over `samples` location draws.
-
-        The batch is tiled `samples` times and run through the compiled predict function
-        (`predict_on_batch`), so the M draws of a batch are one vectorised pass.
-
-        Args:
-            images: (B, H, W, C) raw uint8.
-            samples: M, location samples per image (M = 1 is a single stochastic pass).
-            batch_size: images per pass (each pass holds batch_size * M copies); None = all.
-
-        Returns:
-            (B, num_classes) numpy array of averaged probabilities.
-        """
-        images = np.asarray(images)
-        step = len(images) if batch_size is None else batch_size
-        chunks = []
-        for start in range(0, len(images), step):
-            chunk = images[start:start + step]
-            tiled = np.tile(chunk, (samples, 1, 1, 1))  # (M * n, H, W, C), sample-major
-            logits = np.asarray(self.predict_on_batch(tiled)["logits"], np.float64)
-            probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-            probs /= probs.sum(axis=-1, keepdims=True)  # (M * n, K)
-            chunks.append(probs.reshape(samples, len(chunk), -1).mean(axis=0))  # (n, K)
-        return np.concatenate(chunks, axis=0).astype(np.float32)
-
-    def get_config(self):
-        return {"name": self.name, "trainable": self.trainable,
-                "config": dataclasses.asdict(self.config)}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(RAMConfig(**config.pop("config")), **config)
-
-    # The seed generator's state is not a weight, so Keras would not save it; keep it so that a
-    # reloaded model draws the same locations as the original would have.
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        store["seed_generator_state"] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        if "seed_generator_state" in store.keys():
-            state = np.asarray(store["seed_generator_state"])
-            self.seed_generator.state.assign(ops.cast(state, self.seed_generator.state.dtype))
-
-
-def _weighted_mean(values, sample_weight):
-    """Mean over the batch, weighted by `sample_weight` (B,) when given."""
-    if sample_weight is None:
-        return ops.mean(values)
-    w = ops.cast(ops.reshape(sample_weight, (-1,)), values.dtype)
-    return ops.sum(values * w) / ops.maximum(ops.sum(w), 1e-12)
+        return self.with_regularisation(total)

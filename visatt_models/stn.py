@@ -4,11 +4,13 @@ Transformer Networks", NIPS 2015 (arXiv:1506.02025).
     x (B, H, W, C) -> LocalisationNetwork -> theta (B, 2, 3)          (Sec. 3.1)
                    -> affine_grid(theta)   -> sampling grid            (Sec. 3.2, eq. 1)
                    -> bilinear_sample      -> V (B, h, w, C)           (Sec. 3.3, eq. 5)
-                   -> Classifier (CNN)     -> logits (B, num_classes)
+                   -> a CNN's features     -> the task's heads (logits)
 
 Everything is differentiable, so the localisation network learns from the classification loss
 alone. The last localisation layer starts with zero weights and a bias equal to the identity
-transform (or a centred zoom), as in the paper's experiments.
+transform (or a centred zoom), as in the paper's experiments. On a sequence store this is the
+paper's ST-CNN Single (Sec. 4.3): one transformer in front of the multi-digit CNN (the modern
+CNN backbone with the task's sequence heads, `classifier="modern"`).
 
 Typical use:
 
@@ -25,7 +27,10 @@ from typing import Literal
 import keras
 from keras import layers, ops
 
+from visatt_models.base import VisattModel
+from visatt_models.cnn import CNNConfig, apply_layers, conv_stack, feature_layers
 from visatt_models.sampler import affine_grid, bilinear_sample
+from visatt_models.tasks import TaskHead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +42,12 @@ class STNConfig:
     init: "identity" (theta = I) or "zoom" (theta = diag(zoom, zoom): the output shows the
         central `zoom` fraction of the image, magnified).
     output_size: (h, w) of the transformed image; None = the input size.
-    cls_filters, cls_kernel: classifier convs (each ReLU + 2x2 max-pool); cls_dense: its hidden
-        dense width; dropout before the logits.
+    classifier: "convnet": convs `cls_filters` (each `cls_kernel`, ReLU + 2x2 max-pool) and a
+        hidden dense layer `cls_dense`; "modern": the modern CNN backbone (`cnn.py`) with widths
+        `cls_filters` (stem, then one stride-2 stage each) and `cls_blocks` blocks per stage,
+        its final map flattened into the hidden dense layer `cls_dense` (the ST-CNN reads the
+        digits' order from where they are). `dropout` before the heads (and, for "modern",
+        before the hidden layer).
     """
 
     loc_filters: tuple[int, ...] = (20, 20)
@@ -47,11 +56,12 @@ class STNConfig:
     init: Literal["identity", "zoom"] = "identity"
     zoom: float = 0.5
     output_size: tuple[int, int] | None = None
+    classifier: Literal["convnet", "modern"] = "convnet"
     cls_filters: tuple[int, ...] = (32, 64)
     cls_kernel: int = 3
     cls_dense: int = 128
+    cls_blocks: int = 1
     dropout: float = 0.0
-    num_classes: int = 10
     seed: int = 0
 
     def __post_init__(self):
@@ -62,32 +72,16 @@ class STNConfig:
             object.__setattr__(self, "output_size", tuple(int(v) for v in self.output_size))
             if len(self.output_size) != 2 or min(self.output_size) < 1:
                 raise ValueError(f"output_size must be (h, w) >= 1, got {self.output_size}")
+        if self.classifier not in ("convnet", "modern"):
+            raise ValueError(f"classifier must be 'convnet' or 'modern', got {self.classifier!r}")
+        if self.classifier == "modern" and len(self.cls_filters) < 2:
+            raise ValueError(f"the modern classifier needs a stem width and at least one stage, got {self.cls_filters}")
         if self.init not in ("identity", "zoom"):
             raise ValueError(f"init must be 'identity' or 'zoom', got {self.init!r}")
         if not self.zoom > 0:
             raise ValueError(f"zoom must be > 0, got {self.zoom}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-
-
-STN_PRESETS: dict[str, STNConfig] = {
-    # Starts from the identity and keeps the input size.
-    "identity": STNConfig(),
-    # For 100x100 canvases: starts looking at the central 50x50 pixels at full resolution
-    # (zoom 0.5 onto a 50x50 output), so the classifier works on a digit-sized window.
-    "zoom-100": STNConfig(init="zoom", zoom=0.5, output_size=(50, 50)),
-}
-
-
-def _conv_stack(filters, kernel, seed, prefix):
-    """conv (ReLU, 'same') + 2x2 max-pool per entry of `filters`."""
-    stack = []
-    for i, f in enumerate(filters):
-        stack.append(layers.Conv2D(f, kernel, padding="same", activation="relu",
-                                   kernel_initializer=keras.initializers.GlorotUniform(seed=seed + i),
-                                   name=f"{prefix}_conv{i}"))
-        stack.append(layers.MaxPooling2D(2, name=f"{prefix}_pool{i}"))
-    return stack
 
 
 @keras.saving.register_keras_serializable(package="visatt")
@@ -104,7 +98,7 @@ class LocalisationNetwork(layers.Layer):
         super().__init__(**kwargs)
         self._args = dict(filters=tuple(filters), kernel=kernel, dense=tuple(dense), init=init,
                           zoom=zoom, seed=seed)
-        self.convs = _conv_stack(filters, kernel, seed, "loc")
+        self.convs = conv_stack(filters, kernel, seed, "loc")
         self.flatten = layers.Flatten()
         self.hidden = [layers.Dense(d, activation="relu", name=f"loc_dense{i}",
                                     kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 50 + i))
@@ -126,57 +120,57 @@ class LocalisationNetwork(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="visatt")
-class Classifier(layers.Layer):
-    """CNN on the transformed image V (B, h, w, C) -> logits (B, num_classes)."""
+class ConvFeatures(layers.Layer):
+    """The "convnet" classifier's features: V (B, h, w, C) -> (B, cls_dense) after dropout."""
 
-    def __init__(self, filters=(32, 64), kernel=3, dense=128, dropout=0.0, num_classes=10, seed=0,
-                 **kwargs):
+    def __init__(self, filters=(32, 64), kernel=3, dense=128, dropout=0.0, seed=0, **kwargs):
         super().__init__(**kwargs)
-        self._args = dict(filters=tuple(filters), kernel=kernel, dense=dense, dropout=dropout,
-                          num_classes=num_classes, seed=seed)
-        self.convs = _conv_stack(filters, kernel, seed + 100, "cls")
+        self._args = dict(filters=tuple(filters), kernel=kernel, dense=dense, dropout=dropout, seed=seed)
+        self.convs = conv_stack(filters, kernel, seed + 100, "cls")
         self.flatten = layers.Flatten()
         self.hidden = layers.Dense(dense, activation="relu", name="cls_dense",
                                    kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 150))
         self.dropout = layers.Dropout(dropout, seed=seed + 151)
-        self.logits = layers.Dense(num_classes, name="cls_logits",
-                                   kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 152))
 
     def call(self, v, training=False):
         x = v
         for layer in self.convs:
             x = layer(x)
-        x = self.hidden(self.flatten(x))
-        return self.logits(self.dropout(x, training=training))  # (B, num_classes)
+        return self.dropout(self.hidden(self.flatten(x)), training=training)  # (B, cls_dense)
 
     def get_config(self):
         return {**super().get_config(), **self._args}
 
 
 @keras.saving.register_keras_serializable(package="visatt")
-class STN(keras.Model):
-    """ST-CNN classifier.
+class STN(VisattModel):
+    """ST-CNN.
 
     Input: raw pixels (B, H, W, C), uint8 0..255 (scaled to [0, 1] inside).
     `call(images, training=False)` returns a dict:
 
-        logits       (B, num_classes)
+        <the task's heads>  logits (B, K) on a digit task; digit_logits ... on a sequence task
         theta        (B, 2, 3)     the predicted affine transforms
         transformed  (B, h, w, C)  the sampled images, (h, w) = output_size or (H, W)
     """
 
-    def __init__(self, config: STNConfig | None = None, **kwargs):
-        super().__init__(**kwargs)
-        config = config or STNConfig()
-        self.config = config
+    config_cls = STNConfig
+
+    def __init__(self, config: STNConfig | None = None, task=None, **kwargs):
+        super().__init__(config, task, **kwargs)
+        config = self.config
         seed = config.seed * 1000
         self.localisation = LocalisationNetwork(config.loc_filters, config.loc_kernel,
                                                 config.loc_dense, config.init, config.zoom,
                                                 seed=seed, name="localisation")
-        self.classifier = Classifier(config.cls_filters, config.cls_kernel, config.cls_dense,
-                                     config.dropout, config.num_classes, seed=seed,
-                                     name="classifier")
-        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+        if config.classifier == "convnet":
+            self.features = [ConvFeatures(config.cls_filters, config.cls_kernel, config.cls_dense,
+                                          config.dropout, seed=seed, name="classifier")]
+        else:
+            backbone = CNNConfig(arch="modern", widths=config.cls_filters, blocks=config.cls_blocks, pool="flatten",
+                                 dense=config.cls_dense, dropout=config.dropout, dense_dropout=config.dropout)
+            self.features = feature_layers(backbone)
+        self.head = TaskHead(self.task, seed=seed + 152, name="head")
 
     def call(self, images, training=False):
         u = ops.cast(images, "float32") / 255.0  # (B, H, W, C) in [0, 1]
@@ -185,28 +179,4 @@ class STN(keras.Model):
         theta = self.localisation(u)  # (B, 2, 3)
         y, x = affine_grid(theta, out_h, out_w, in_h, in_w)  # (B, h, w) each, input pixels
         v = bilinear_sample(u, y, x)  # (B, h, w, C)
-        return {"logits": self.classifier(v, training=training), "theta": theta, "transformed": v}
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Softmax cross-entropy on the logits; tracks `accuracy`."""
-        y = ops.cast(ops.reshape(y, (-1,)), "int32")  # (B,)
-        logits = y_pred["logits"]
-        ce = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)  # (B,)
-        correct = ops.cast(ops.argmax(logits, axis=-1) == y, "float32")  # (B,)
-        if sample_weight is None:
-            loss, accuracy = ops.mean(ce), ops.mean(correct)
-        else:
-            w = ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
-            total = ops.maximum(ops.sum(w), 1e-12)
-            loss, accuracy = ops.sum(ce * w) / total, ops.sum(correct * w) / total
-        self.accuracy_tracker.update_state(accuracy)
-        return loss + ops.sum(self.losses) if self.losses else loss
-
-    def get_config(self):
-        return {"name": self.name, "trainable": self.trainable,
-                "config": dataclasses.asdict(self.config)}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(STNConfig(**config.pop("config")), **config)
+        return {**self.head(apply_layers(self.features, v, training)), "theta": theta, "transformed": v}

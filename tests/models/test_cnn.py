@@ -1,10 +1,13 @@
-"""CNN baselines: shapes, scaling, loss and metric, one fit step, serialisation. Any backend."""
+"""CNN baselines on a digit task: shapes, scaling, loss and metric, one fit step, serialisation. Any backend.
+
+The sequence tasks are exercised for every model in test_tasks.py."""
 
 import keras
 import numpy as np
 import pytest
 
 from visatt_models.cnn import CNN, CNNConfig
+from visatt_models.tasks import DigitTask
 
 
 def batch(n=6, size=32, seed=0):
@@ -16,7 +19,7 @@ def batch(n=6, size=32, seed=0):
 def test_logits_shape_and_fit_step(arch, widths):
     keras.utils.set_random_seed(0)
     images, labels = batch()
-    model = CNN(CNNConfig(arch=arch, widths=widths, dense=16, num_classes=10))
+    model = CNN(CNNConfig(arch=arch, widths=widths, dense=16))
     out = model(images)
     assert set(out) == {"logits"} and tuple(out["logits"].shape) == (6, 10)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=None)
@@ -63,6 +66,9 @@ def test_dropout_only_in_training():
 def test_config_validation():
     assert CNNConfig(arch="modern").widths == (32, 64, 128, 256)
     assert CNNConfig().widths == (32, 64)
+    assert (CNNConfig().dense, CNNConfig(arch="modern").dense) == (128, 0)  # None resolves per arch
+    with pytest.raises(ValueError, match="pool"):
+        CNNConfig(arch="modern", pool="max")
     with pytest.raises(ValueError, match="arch"):
         CNNConfig(arch="vgg")
     with pytest.raises(ValueError, match="stem width"):
@@ -73,13 +79,13 @@ def test_config_validation():
 def test_save_and_load_round_trip(tmp_path, arch):
     keras.utils.set_random_seed(3)
     images, labels = batch()
-    config = CNNConfig(arch=arch, widths=(4, 8, 8)[: 2 if arch == "seed" else 3], dense=16, num_classes=5)
-    model = CNN(config)
+    config = CNNConfig(arch=arch, widths=(4, 8, 8)[: 2 if arch == "seed" else 3], dense=16)
+    model = CNN(config, DigitTask(num_classes=5))
     model.compile(optimizer="adam", loss=None)
     model.fit(images, labels % 5, epochs=1, verbose=0)
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
-    assert isinstance(loaded, CNN) and loaded.config == config
+    assert isinstance(loaded, CNN) and loaded.config == config and loaded.task == DigitTask(num_classes=5)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(images)["logits"]), keras.ops.convert_to_numpy(model(images)["logits"]), rtol=1e-5, atol=1e-6)
     assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 1
 

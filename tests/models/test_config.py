@@ -5,16 +5,10 @@ from typing import Literal
 
 import pytest
 
-from visatt_models.cnn import CNN, CNN_PRESETS, CNNConfig
-from visatt_models.config import (
-    ConfigError,
-    config_from_dict,
-    config_to_dict,
-    convert,
-    get_model_spec,
-    make_config,
-    parse_overrides,
-)
+from visatt_models import registry
+from visatt_models.cnn import CNN, CNNConfig
+from visatt_models.config import ConfigError, config_from_dict, config_to_dict, convert, parse_overrides
+from visatt_models.registry import get_model_spec, make_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,10 +67,10 @@ def test_convert_literal_keeps_the_literal_type():
 
 def test_registry_presets_and_fields():
     spec = get_model_spec("cnn")
-    assert spec.model_cls is CNN and spec.config_cls is CNNConfig and set(spec.presets) == set(CNN_PRESETS)
-    config = make_config(spec, preset="modern", overrides=["dropout=0.1"], num_classes=7)
+    assert spec.model_cls is CNN and spec.config_cls is CNNConfig and set(spec.presets) == set(registry.MODELS["cnn"].presets)
+    config = make_config(spec, preset="modern", overrides=["dropout=0.1"], blocks=2)
     assert config.arch == "modern" and config.widths == (32, 64, 128, 256)
-    assert config.dropout == 0.1 and config.num_classes == 7
+    assert config.dropout == 0.1 and config.blocks == 2
     with pytest.raises(ConfigError, match="unknown preset 'nope'.*modern"):
         make_config(spec, preset="nope")
     with pytest.raises(ConfigError, match="unknown model 'vit'"):
@@ -100,11 +94,27 @@ def test_dict_round_trip_restores_tuples():
         config_from_dict(CNNConfig, {**values, "extra": 1})
 
 
-@pytest.mark.parametrize("name", ["cnn", "ram", "stn"])
+@pytest.mark.parametrize("name", registry.MODEL_NAMES)
 def test_every_registered_model_and_preset_resolves(name):
     spec = get_model_spec(name)
     assert dataclasses.is_dataclass(spec.config_cls) and spec.presets
-    assert "num_classes" in {f.name for f in dataclasses.fields(spec.config_cls)}  # the trainer sets it
-    for preset in spec.presets:
-        config = make_config(spec, preset=preset, num_classes=10)
-        assert isinstance(config, spec.config_cls) and config.num_classes == 10
+    assert "num_classes" not in {f.name for f in dataclasses.fields(spec.config_cls)}  # the task's, not the model's
+    for preset, entry in spec.presets.items():
+        config = make_config(spec, preset=preset)
+        assert isinstance(config, spec.config_cls) and entry.description
+        assert all(getattr(config, k) == v for k, v in entry.fields.items()), preset
+
+
+def test_help_and_docs_are_generated_from_the_registry():
+    """docs/models.md holds the registry's table as generated, and --help lists every preset."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from visatt_models.cli import train_main
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    assert registry.markdown_table() in docs, "docs/models.md is stale: paste `python -m visatt_models.registry`"
+    help_text = "".join(CliRunner().invoke(train_main, ["--help"]).output.split())  # wrapped anywhere
+    for name, entry in registry.MODELS.items():
+        assert f"{name}:{','.join(entry.presets)}" in help_text

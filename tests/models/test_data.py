@@ -105,3 +105,48 @@ def test_streamed_batches_feed_keras_fit(store):
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     history = model.fit(batches, validation_data=val, epochs=1, verbose=0).history
     assert np.isfinite(history["loss"][0]) and 0 <= history["val_accuracy"][0] <= 1
+
+
+@pytest.mark.parametrize("memory_limit", [2**30, 1500 * (28 * 28 + 1)], ids=["in-memory", "streamed"])
+def test_endless_batches_are_the_epochs_in_a_row(store, memory_limit):
+    """Batch i of an endless stream is batch i mod n of epoch `epoch + i // n`, whatever was read before."""
+    split = Split(open_store(store), "train", memory_limit=memory_limit)
+    endless = Batches(split, 256, shuffle=True, seed=3, epoch=2, drop_remainder=True, endless=True)
+    assert endless.num_batches is None and len(endless) == 8
+    for step in (9, 0, 17, 8, 23):  # out of order, across epochs 2..4
+        expected = Batches(split, 256, shuffle=True, seed=3, epoch=2 + step // 8, drop_remainder=True)[step % 8]
+        for a, b in zip(endless[step], expected):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_random_crops_depend_on_seed_epoch_and_sample_only(store):
+    split = Split(open_store(store), "val")  # 300 samples of 28x28
+    images, labels = split.arrays
+
+    def crops(seed, epoch, batch_size=64):
+        batches = Batches(split, batch_size, shuffle=True, seed=seed, epoch=epoch, crop=(20, 24), random_crop=True)
+        got = epoch_samples(batches)
+        assert got[0].shape == (300, 20, 24, 1)
+        return got
+
+    first = crops(seed=1, epoch=5)
+    # Every crop is a 20x24 window of its own image (labels travel with their images).
+    for crop, label in zip(first[0][:20], first[1][:20]):
+        candidates = images[labels == label]
+        assert any(
+            np.array_equal(crop, image[t : t + 20, l : l + 24]) for image in candidates for t in range(9) for l in range(5)
+        )
+    # Per sample: the same (seed, epoch) gives the same crop whatever the batch size (the order is
+    # the same permutation), another epoch or seed other crops.
+    np.testing.assert_array_equal(crops(seed=1, epoch=5, batch_size=7)[0], first[0])
+    assert not np.array_equal(crops(seed=1, epoch=6)[0], first[0])
+    assert not np.array_equal(crops(seed=2, epoch=5)[0], first[0])
+
+
+def test_evaluation_crops_the_centre(store):
+    split = Split(open_store(store), "test")
+    images, _ = split.arrays
+    batch, _ = Batches(split, 50, shuffle=False, crop=(20, 25))[1]
+    np.testing.assert_array_equal(batch, images[50:100, 4:24, 1:26])
+    with pytest.raises(ValueError, match="crop 30x20 does not fit the 28x28 images"):
+        Batches(split, 50, shuffle=False, crop=(30, 20))

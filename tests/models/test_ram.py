@@ -10,7 +10,14 @@ import keras
 import numpy as np
 import pytest
 
-from visatt_models.ram import RAM, RAM_PRESETS, RAMConfig
+from visatt_models import registry
+from visatt_models.evaluate import mc_log_probs
+from visatt_models.ram import RAM, RAMConfig
+from visatt_models.tasks import DigitTask
+
+
+def preset(name):
+    return registry.make_config(registry.get_model_spec("ram"), preset=name)
 
 TINY = RAMConfig(glimpses=3, patch_size=4, scales=2, glimpse_hidden=8, location_hidden=8,
                  glimpse_size=16, core_size=16, seed=3)
@@ -126,9 +133,8 @@ def test_compute_loss_matches_the_hybrid_loss_formula():
     ce = -np.log(np.exp(logits[[0, 1], labels]) / np.exp(logits).sum(1))
     reinforce = np.sum(-log_pi * (reward[:, None] - baseline), axis=1)
     mse = np.mean((baseline - reward[:, None]) ** 2, axis=1)
-    config = dataclasses.replace(TINY, num_classes=3, ce_weight=0.5, reinforce_weight=2.0,
-                                 baseline_weight=3.0)
-    model = RAM(config)
+    config = dataclasses.replace(TINY, ce_weight=0.5, reinforce_weight=2.0, baseline_weight=3.0)
+    model = RAM(config, DigitTask(num_classes=3))
     y_pred = {"logits": logits, "log_pi": log_pi, "baseline": baseline}
     loss = float(model.compute_loss(y=labels, y_pred=y_pred))
     expected = 0.5 * ce.mean() + 2.0 * reinforce.mean() + 3.0 * mse.mean()
@@ -148,8 +154,8 @@ def test_policy_learns_to_look_where_the_evidence_is():
     images = np.zeros((1024, 16, 16, 1), np.uint8)
     images[labels == 1, 1:5, 1:5] = 255
     config = RAMConfig(glimpses=1, patch_size=4, scales=1, glimpse_hidden=16, location_hidden=8,
-                       glimpse_size=16, core="rnn", core_size=16, std=0.5, num_classes=2, seed=0)
-    model = RAM(config)
+                       glimpse_size=16, core="rnn", core_size=16, std=0.5, seed=0)
+    model = RAM(config, DigitTask(num_classes=2))
     start = np.asarray(model(images[:4], deterministic=True)["means"])[0, 0]
     np.testing.assert_array_equal(start, [0.0, 0.0])  # l_0 = bias = 0: the image centre
     model.compile(optimizer=keras.optimizers.Adam(3e-2))
@@ -192,34 +198,43 @@ def test_save_and_reload_give_identical_outputs(batch, tmp_path):
             np.testing.assert_array_equal(np.asarray(out[key]), np.asarray(again[key]))
 
 
-def test_mc_probabilities_average_per_image(batch):
+def test_mc_average_is_per_image(batch):
     images, _ = batch
     # A near-zero std makes every sample glimpse at the means: MC must then equal the
     # deterministic softmax image by image (catches samples mixed up across images).
     model = RAM(dataclasses.replace(TINY, std=1e-6))
-    probs = np.asarray(model.mc_probabilities(images, samples=5))
-    assert probs.shape == (8, 10)
+    model.compile()
+    log_probs = mc_log_probs(model, images, samples=5)["logits"]
+    assert log_probs.shape == (8, 10)
+    probs = np.exp(log_probs)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     logits = np.asarray(model(images, deterministic=True)["logits"])
     expected = np.exp(logits - logits.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(probs, expected, atol=1e-4)
-    chunked = np.asarray(model.mc_probabilities(images, samples=5, batch_size=3))
-    np.testing.assert_allclose(chunked, expected, atol=1e-4)
 
 
-def test_mc_probabilities_average_over_samples(batch):
+def test_mc_average_is_over_samples(batch):
     images, _ = batch
     model = RAM(dataclasses.replace(TINY, std=0.5))
-    single = np.asarray(model.mc_probabilities(images, samples=1))
-    many = np.asarray(model.mc_probabilities(images, samples=6))
+    model.compile()
+    single = np.exp(mc_log_probs(model, images, samples=1)["logits"])
+    many = np.exp(mc_log_probs(model, images, samples=6)["logits"])
     np.testing.assert_allclose(many.sum(axis=1), 1.0, rtol=1e-5)
     assert not np.allclose(single, many)
+    # The average of the probabilities, not of the log-probabilities (RAM's mc_average).
+    tiled = np.tile(images, (3, 1, 1, 1))
+    state = np.asarray(model.seed_generator.state)
+    logits = np.asarray(model.predict_on_batch(tiled)["logits"], np.float64).reshape(3, 8, 10)
+    model.seed_generator.state.assign(state)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(np.exp(mc_log_probs(model, images, samples=3)["logits"]), p.mean(0), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name,size", [("paper-28", 28), ("paper-60", 60), ("paper-100", 100)])
 def test_presets_build_on_their_canvas(name, size):
-    config = RAM_PRESETS[name]
+    config = preset(name)
     assert config.core == "rnn"
     model = RAM(config)
     out = model(np.zeros((2, size, size, 1), np.uint8))
@@ -235,9 +250,9 @@ def test_config_rejects_unknown_core():
 
 @pytest.mark.parametrize("name,size", [("visatt-60", 60), ("visatt-100", 100)])
 def test_tuned_presets_differ_from_the_paper_only_in_core_and_policy_weight(name, size):
-    config = RAM_PRESETS[name]
-    paper = RAM_PRESETS[name.replace("visatt", "paper")]
+    config = preset(name)
+    paper = preset(name.replace("visatt", "paper"))
     assert (config.core, config.reinforce_weight, config.detach_policy_gradient) == ("lstm", 0.05, False)
     assert (config.glimpses, config.patch_size, config.scales) == (paper.glimpses, paper.patch_size, paper.scales)
     out = RAM(config)(np.zeros((2, size, size, 1), np.uint8))
-    assert tuple(out["logits"].shape) == (2, config.num_classes)
+    assert tuple(out["logits"].shape) == (2, 10)

@@ -99,9 +99,10 @@ def test_config_validation():
 
 
 def test_presets_build():
-    from visatt_models.stn import STN_PRESETS
+    from visatt_models import registry
 
-    out = STN(STN_PRESETS["zoom-100"])(np.zeros((1, 100, 100, 1), np.uint8))
+    spec = registry.get_model_spec("stn")
+    out = STN(registry.make_config(spec, preset="zoom-100"))(np.zeros((1, 100, 100, 1), np.uint8))
     assert tuple(out["transformed"].shape) == (1, 50, 50, 1)
     np.testing.assert_allclose(np.asarray(out["theta"])[0], [[0.5, 0, 0], [0, 0.5, 0]])
-    assert STN_PRESETS["identity"] == STNConfig()
+    assert registry.make_config(spec, preset="identity") == STNConfig()

@@ -1,0 +1,216 @@
+"""DRAM: the context reaches only r2, the reward and its truncation, REINFORCE vs cross-entropy,
+end-of-sequence handling, Monte-Carlo and forward-backward combination, runs through the CLIs.
+
+Shapes, one fit step, save/reload and seeding on every task are in test_tasks.py."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipelines.build import build_dataset
+from stores import tiny_store
+from visatt_models.cli import eval_main, predict_main, train_main
+from visatt_models.dram import DRAM, DRAMConfig
+from visatt_models.evaluate import combine_forward_backward, mc_log_probs, sequence_log_prob
+from visatt_models.tasks import BLANK, DigitTask, SequenceTask, decode_numpy, log_softmax
+
+B = BLANK
+TINY = DRAMConfig(glimpses_per_digit=2, patch_size=6, scales=2, conv_filters=(4, 4), conv_kernels=(3, 3), glimpse_size=16,
+                  lstm_units=16, classifier_hidden=16, context_size=8, context_filters=(4,), context_kernels=(3,), seed=1)
+SVHN_SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "sources" / "svhn-format1-sample"
+SMALL = ["--model", "dram", "--set", "patch_size=6", "--set", "conv_filters=4",
+         "--set", "conv_kernels=3", "--set", "glimpse_size=8", "--set", "lstm_units=8", "--set", "classifier_hidden=8",
+         "--set", "context_filters=4", "--set", "context_kernels=3", "--verbose", "0"]
+
+
+def sequences(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 32, 32, 1), dtype=np.uint8)
+    labels = np.full((n, 5), B, np.uint8)
+    for i, length in enumerate(rng.integers(1, 6, n)):
+        labels[i, :length] = rng.integers(0, 10, length)
+    return images, labels
+
+
+def weights_of(layer):
+    return [keras.ops.convert_to_numpy(w) for w in layer.weights]
+
+
+def changed(before, after):
+    return any(np.any(a != b) for a, b in zip(before, after))
+
+
+def test_emissions_and_steps():
+    model = DRAM(TINY, SequenceTask())
+    out = model(sequences()[0])
+    assert model.emissions == 6 and model.steps == 12  # 5 digits + end of sequence, 2 glimpses each
+    assert tuple(out["digit_logits"].shape) == (8, 6, 11) and tuple(out["locations"].shape) == (8, 12, 2)
+    assert tuple(out["log_pi"].shape) == tuple(out["baseline"].shape) == (8, 12)
+    digit = DRAM(TINY, DigitTask())(sequences()[0])
+    assert tuple(digit["logits"].shape) == (8, 10) and tuple(digit["locations"].shape) == (8, 2, 2)
+    pairs = DRAM(dataclasses.replace(TINY, emissions=3), SequenceTask())(sequences()[0])
+    assert tuple(pairs["digit_logits"].shape) == (8, 3, 11)
+    with pytest.raises(ValueError, match="independent"):
+        DRAM(TINY, SequenceTask(head="length"))
+
+
+def test_the_context_steers_the_first_glimpse_but_cannot_classify():
+    images, _ = sequences()
+    model = DRAM(TINY, SequenceTask())
+    fixed = np.random.default_rng(1).uniform(-0.5, 0.5, (8, model.steps, 2)).astype(np.float32)
+    before = model(images, locations=fixed)
+    fc = model.context_network.fc
+    fc.kernel.assign(keras.ops.convert_to_numpy(fc.kernel) + 0.5)  # another context
+    after = model(images, locations=fixed)
+    np.testing.assert_array_equal(np.asarray(before["digit_logits"]), np.asarray(after["digit_logits"]))
+    assert not np.allclose(np.asarray(before["means"])[:, 0], np.asarray(after["means"])[:, 0])
+    assert not np.allclose(np.asarray(before["baseline"]), np.asarray(after["baseline"]))  # r2 changed
+
+
+def test_reward_is_right_so_far_and_the_gradient_stops_after_the_first_mistake():
+    """3 emissions of 2 glimpses. Sample 0: right, wrong, right -> r = [1, 0, 0], returns [1, 0, 0],
+    credited emissions [1, 1, 0]. Sample 1: all right -> r = [1, 1, 1], returns [3, 2, 1]."""
+    config = dataclasses.replace(TINY, emissions=3, ce_weight=0.0, baseline_weight=0.0, reinforce_weight=1.0)
+    model = DRAM(config, SequenceTask())
+    y = np.array([[4, 7, B, B, B], [1, 2, B, B, B]])
+    predicted = np.array([[4, 3, B], [1, 2, B]])  # sample 0's second digit is wrong
+    digit_logits = np.where(np.arange(11) == predicted[..., None], 5.0, 0.0).astype(np.float32)
+    log_pi = np.random.default_rng(2).normal(size=(2, 6)).astype(np.float32)
+    baseline = np.random.default_rng(3).uniform(size=(2, 6)).astype(np.float32)
+    loss = float(model.compute_loss(y=y, y_pred={"digit_logits": digit_logits, "log_pi": log_pi, "baseline": baseline}))
+    returns = np.repeat([[1.0, 0, 0], [3, 2, 1]], 2, axis=1)
+    credited = np.repeat([[1.0, 1, 0], [1, 1, 1]], 2, axis=1)
+    expected = np.mean(np.sum(-log_pi * (returns - baseline) * credited, axis=1))
+    assert loss == pytest.approx(expected, rel=1e-5)
+    mse = np.mean(np.sum((baseline - returns) ** 2 * credited, 1) / credited.sum(1))
+    assert {m.name: float(m.result()) for m in model.metrics}["baseline_loss"] == pytest.approx(mse, rel=1e-5)
+
+
+def fit_one_step(model, images, labels):
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), run_eagerly=True)  # tiny: tracing would dominate
+    model.fit(images, labels, batch_size=len(images), epochs=1, verbose=0, shuffle=False)
+
+
+def test_reinforce_alone_moves_the_emission_network_and_cross_entropy_alone_does_not():
+    images, labels = sequences()
+    model = DRAM(dataclasses.replace(TINY, ce_weight=0.0, baseline_weight=0.0, reinforce_weight=1.0), SequenceTask())
+    model(images)
+    emission, classifier = weights_of(model.emission_network), weights_of(model.classifier)
+    fit_one_step(model, images, labels)
+    assert changed(emission, weights_of(model.emission_network))
+    assert not changed(classifier, weights_of(model.classifier))
+
+    model = DRAM(dataclasses.replace(TINY, reinforce_weight=0.0, baseline_weight=0.0), SequenceTask())
+    model(images)
+    emission, context, classifier = (weights_of(n) for n in (model.emission_network, model.context_network, model.classifier))
+    fit_one_step(model, images, labels)
+    assert not changed(emission, weights_of(model.emission_network))
+    assert not changed(context, weights_of(model.context_network))  # the context only steers
+    assert changed(classifier, weights_of(model.classifier))
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 5])
+def test_end_of_sequence_after_the_last_digit(length):
+    task = SequenceTask()
+    digits = list(range(1, length + 1))
+    labels = np.array([digits + [B] * (5 - length)])
+    trained_on = np.asarray(keras.ops.convert_to_numpy(task.labels_for(labels, 6)))
+    assert trained_on.tolist() == [digits + [B] * (6 - length)]  # emission `length` is end-of-sequence
+    emitted = [*digits, B, *([7] * (5 - length))]  # anything after the end is ignored
+    decoded = decode_numpy(task, {"digit_logits": np.log(np.where(np.arange(11) == np.array(emitted)[:, None], 0.9, 0.01))[None]})
+    assert decoded.tolist() == [digits + [B] * (6 - length)]
+    assert task.count(decoded, labels)["sequences_right"] == 1
+    backward = SequenceTask(reverse=True)
+    assert np.asarray(keras.ops.convert_to_numpy(backward.labels_for(labels, 6))).tolist() == [digits[::-1] + [B] * (6 - length)]
+
+
+def test_forward_backward_equals_the_hand_computed_combination():
+    """Forward reads "12", backward reads "13" (reversed: "31"); the joint log-probabilities of
+    both proposals under both models decide."""
+    forward, backward = SequenceTask(max_length=2), SequenceTask(max_length=2, reverse=True)
+
+    def lp(rows):  # (P, 11) probabilities per emission -> (1, P, 11) log-probabilities
+        return np.log(np.array(rows, np.float64))[None]
+
+    def dist(best, p, second=None, q=0.0):
+        row = np.full(11, (1 - p - q) / (11 - 1 - (second is not None)))
+        row[best] = p
+        if second is not None:
+            row[second] = q
+        return row
+
+    f = lp([dist(1, 0.9), dist(2, 0.5, 3, 0.4), dist(B, 0.9)])  # "12" (or "13")
+    b = lp([dist(3, 0.6, 2, 0.3), dist(1, 0.9), dist(B, 0.9)])  # reads "31" = "13" (or "21" = "12")
+    expected_12 = np.log(0.9 * 0.5 * 0.9) + np.log(0.3 * 0.9 * 0.9)
+    expected_13 = np.log(0.9 * 0.4 * 0.9) + np.log(0.6 * 0.9 * 0.9)
+    for sequence, expected in (([1, 2], expected_12), ([1, 3], expected_13)):
+        got = sequence_log_prob(forward, f[0:1], np.array([sequence])) + sequence_log_prob(backward, b[0:1], np.array([sequence]))
+        assert got[0] == pytest.approx(expected)
+    combined = combine_forward_backward(forward, {"digit_logits": f}, backward, {"digit_logits": b})
+    assert expected_13 > expected_12 and combined.tolist() == [[1, 3, B]]  # the backward reading wins
+    alone = decode_numpy(forward, {"digit_logits": f})
+    assert alone.tolist() == [[1, 2, B]]
+    # A sequence longer than the emissions has probability 0.
+    assert sequence_log_prob(forward, f, np.array([[1, 2, 3, 4]]))[0] == -np.inf
+
+
+def test_mc_averages_log_probabilities():
+    images, _ = sequences(n=4)
+    model = DRAM(dataclasses.replace(TINY, std=0.5), SequenceTask())
+    model.compile()
+    state = np.asarray(keras.ops.convert_to_numpy(model.seed_generator.state))
+    logits = np.asarray(model.predict_on_batch(np.tile(images, (3, 1, 1, 1)))["digit_logits"], np.float64)
+    model.seed_generator.state.assign(state)
+    expected = log_softmax(logits).reshape(3, 4, 6, 11).mean(axis=0)
+    np.testing.assert_allclose(mc_log_probs(model, images, samples=3)["digit_logits"], expected, rtol=1e-5, atol=1e-6)
+
+
+def run(command, args, ok=True):
+    result = CliRunner().invoke(command, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def test_dram_run_on_mnist_pairs_draws_glimpses_per_digit(tmp_path):
+    store = tiny_store(tmp_path / "pairs.zarr", name="mnist-pairs", limit=32, canvas=84)
+    out = tmp_path / "dram"
+    run(train_main, ["--store", store, "--out", out, *SMALL, "--set", "glimpses_per_digit=2", "--set", "emissions=3",
+                     "--epochs", 1, "--batch-size", 16, "--mc", 2])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "dram" and metrics["config"]["emissions"] == 3 and metrics["mc_samples"] == 2
+    for suffix in ("", "_det", "_mc"):
+        assert 0 <= metrics[f"test_sequence_accuracy{suffix}"] <= 1, suffix
+    with open(out / "log.csv") as f:
+        header = f.readline().strip().split(",")
+    assert {"ce_loss", "reinforce_loss", "baseline_loss", "val_sequence_accuracy"} <= set(header)
+    with Image.open(out / "glimpses.png") as png:
+        assert png.size[0] > 240 + 6 * 28  # the image and its 6 glimpses' patches (3 digits x 2)
+
+
+def test_svhn_64_sample_forward_backward_through_the_clis(tmp_path, monkeypatch):
+    """The SVHN path on the real sample: build svhn-64, train a left-to-right and a right-to-left
+    DRAM for one epoch on 54x54 crops, evaluate their forward-backward reading, predict."""
+    assert (SVHN_SAMPLE / "train" / "digitStruct.mat").exists(), f"real SVHN sample expected at {SVHN_SAMPLE}"
+    monkeypatch.setenv("VISATT_LOCK", str(tmp_path / "datasets.lock"))
+    store = build_dataset("svhn-64", tmp_path / "svhn-64.zarr", source="svhn", source_dir=str(SVHN_SAMPLE), limit=3,
+                          val_fraction=0.34, workers=1, progress=False)
+    common = ["--store", store, "--epochs", 1, "--batch-size", 3, "--crop", 54, "--mc", 2, "--no-plots", *SMALL,
+              "--set", "glimpses_per_digit=1"]
+    run(train_main, ["--out", tmp_path / "fwd", *common])
+    run(train_main, ["--out", tmp_path / "bwd", "--reverse", *common])
+    assert json.loads((tmp_path / "bwd" / "metrics.json").read_text())["task"]["reverse"] is True
+    result = json.loads(run(eval_main, ["--run", tmp_path / "fwd", "--backward", tmp_path / "bwd"]).output)
+    combined = result["forward_backward"]
+    assert combined["test_samples"] == 3 and combined["mc_samples"] == 2
+    for suffix in ("", "_det", "_mc"):
+        assert 0 <= combined[f"test_sequence_accuracy{suffix}"] <= 1
+    refused = run(eval_main, ["--run", tmp_path / "bwd", "--backward", tmp_path / "fwd"], ok=False)
+    assert refused.exit_code == 1 and "right-to-left" in refused.output
+    assert run(predict_main, ["--run", tmp_path / "fwd", SVHN_SAMPLE / "test" / "2.png"]).output.count("\t") == 1

@@ -1,0 +1,107 @@
+"""Multi-digit runs end to end through the CLIs: train, evaluate, predict on image files;
+an mnist-sequences store from the embedded sample and SVHN from the real format-1 sample."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pipelines.build import build_dataset
+from stores import tiny_store
+from visatt_models import load_run, predict
+from visatt_models.cli import eval_main, predict_main, train_main
+from visatt_models.data import Split, crop_images, open_store
+from visatt_models.evaluate import predict as predict_batch
+
+SVHN_SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "sources" / "svhn-format1-sample"
+CNN = ["--model", "cnn", "--set", "widths=4,8", "--set", "dense=16", "--verbose", "0"]
+SEQUENCE_FIELDS = ("test_sequence_accuracy", "test_sequence_error", "test_digit_accuracy", "test_length_accuracy")
+
+
+def run(command, args, ok=True):
+    result = CliRunner().invoke(command, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return tiny_store(tmp_path_factory.mktemp("stores") / "sequences.zarr", name="mnist-sequences", limit=64, canvas=40)
+
+
+@pytest.fixture(scope="module")
+def seq_run(store, tmp_path_factory):
+    """The Goodfellow head and 36x36 random crops of the 40x40 images."""
+    out = tmp_path_factory.mktemp("runs") / "seq"
+    run(train_main, ["--store", store, "--out", out, "--epochs", 2, "--batch-size", 16, "--head", "length", "--crop", 36, *CNN])
+    return out
+
+
+def test_sequence_run_reports_sequence_figures(seq_run, store):
+    metrics = json.loads((seq_run / "metrics.json").read_text())
+    assert metrics["task"] == {"kind": "sequence", "max_length": 5, "num_classes": 10, "head": "length", "reverse": False}
+    assert metrics["best_val_metric"] == "sequence_accuracy" and metrics["train"]["crop"] == [36, 36]
+    for field in SEQUENCE_FIELDS:
+        assert 0 <= metrics[field] <= 1, field
+    assert metrics["test_sequence_error"] == pytest.approx(1 - metrics["test_sequence_accuracy"])
+    assert "test_accuracy" not in metrics and metrics["test_samples"] == 64
+    with open(seq_run / "log.csv") as f:
+        header = f.readline().strip().split(",")
+    for name in ("sequence_accuracy", "digit_accuracy", "length_accuracy", "loss"):
+        assert name in header and f"val_{name}" in header
+    with Image.open(seq_run / "predictions.png") as png:
+        assert png.size[0] > 300
+
+
+def test_eval_of_a_sequence_run_repeats_its_test_figures_and_refuses_a_digit_store(seq_run, tmp_path):
+    metrics = json.loads((seq_run / "metrics.json").read_text())
+    again = json.loads(run(eval_main, ["--run", seq_run]).output)
+    assert {k: again[k] for k in SEQUENCE_FIELDS} == {k: metrics[k] for k in SEQUENCE_FIELDS}
+    digits = tiny_store(tmp_path / "digits.zarr", limit=16, canvas=40)
+    refused = run(eval_main, ["--run", seq_run, "--store", digits, "--force"], ok=False)
+    assert refused.exit_code == 1 and "has task 'digit'" in refused.output
+
+
+def test_predict_on_image_files_equals_the_evaluation_path(seq_run, store, tmp_path):
+    images, labels = Split(open_store(store), "test").read(np.arange(4))  # (4, 40, 40, 1)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(image[..., 0]).save(paths[-1])
+    model = load_run(seq_run)
+    expected = [model.task.format(p) for p in predict_batch(model, crop_images(images, (36, 36)))]
+    assert predict(seq_run, paths) == expected == predict(seq_run, images)
+    printed = run(predict_main, ["--run", seq_run, *paths]).output.splitlines()
+    assert printed == [f"{p}\t{n}" for p, n in zip(paths, expected)]
+    assert json.loads(run(predict_main, ["--run", seq_run, "--json", paths[0]]).output) == {str(paths[0]): expected[0]}
+    # An RGB file of another size is converted and resized as the store's images were.
+    Image.fromarray(np.repeat(images[0], 3, axis=-1)).resize((80, 80), Image.Resampling.BILINEAR).save(tmp_path / "big.png")
+    assert len(predict(seq_run, [tmp_path / "big.png"])) == 1
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("hello")
+    refused = run(predict_main, ["--run", seq_run, paths[0], not_an_image], ok=False)
+    assert refused.exit_code == 1 and refused.output.strip() == f"Error: {not_an_image}: not a readable image (UnidentifiedImageError)"
+    refused = run(predict_main, ["--run", seq_run, tmp_path / "missing.png"], ok=False)
+    assert refused.exit_code == 1 and "missing.png: no such file" in refused.output
+
+
+def test_svhn_64_from_the_real_sample_trains_evaluates_and_predicts(tmp_path, monkeypatch):
+    """The whole SVHN path on the 3 real images per split: build svhn-64, train 1 epoch on 54x54
+    crops, evaluate, predict on a real SVHN file."""
+    assert (SVHN_SAMPLE / "train" / "digitStruct.mat").exists(), f"real SVHN sample expected at {SVHN_SAMPLE}"
+    monkeypatch.setenv("VISATT_LOCK", str(tmp_path / "datasets.lock"))
+    store = build_dataset("svhn-64", tmp_path / "svhn-64.zarr", source="svhn", source_dir=str(SVHN_SAMPLE), limit=3,
+                          val_fraction=0.34, workers=1, progress=False)
+    info = open_store(store)
+    assert info.task == "sequence" and info.image_shape == (64, 64, 1) and info.splits == {"train": 2, "val": 1, "test": 3}
+    out = tmp_path / "run"
+    run(train_main, ["--store", store, "--out", out, "--epochs", 1, "--batch-size", 2, "--crop", 54, *CNN])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "svhn-64" and metrics["test_samples"] == 3
+    assert json.loads(run(eval_main, ["--run", out]).output)["test_sequence_accuracy"] == metrics["test_sequence_accuracy"]
+    printed = run(predict_main, ["--run", out, SVHN_SAMPLE / "test" / "1.png"]).output
+    assert printed.startswith(f"{SVHN_SAMPLE / 'test' / '1.png'}\t")

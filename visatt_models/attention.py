@@ -1,0 +1,163 @@
+"""What the recurrent attention models share: RAM (Mnih et al. 2014) and DRAM (Ba et al. 2015).
+
+- `GlimpseSensor`: the retina rho(x, l) as a layer, (B, H, W, C), (B, 2) -> (B, S, g, g, C)
+  (multi-resolution patches, `sampler.Retina`: all glimpses of a batch in two matmuls).
+- `LocationNetwork`: the Gaussian location policy (RAM's f_l, DRAM's emission network):
+  a linear mean from a hidden state, fixed std, a sample, log pi.
+- `BaselineNetwork`: b_t, a linear prediction of the reward from a (stop-gradient'ed) state.
+- `reinforce_terms`: the REINFORCE term -log pi * stop_gradient(R - b) and the baseline's
+  squared error, with an optional mask over steps (DRAM truncates after the first wrong digit).
+- `AttentionModel`: a `VisattModel` that samples locations from its own `SeedGenerator`
+  (saved with the model) and so is evaluated with Monte-Carlo averaging.
+
+Location convention (the retina's): l = (l_y, l_x) in [-1, 1]^2, (0, 0) the image centre,
+(-1, -1) the outer corner of the top-left pixel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers, ops
+
+from visatt_models.base import VisattModel
+from visatt_models.sampler import Retina
+
+
+def seeded_dense(units, seed, activation=None, name=None, use_bias=True):
+    """A Dense layer with its own fixed Glorot-uniform seed, so a config always gives the same weights."""
+    return layers.Dense(units, activation=activation, use_bias=use_bias,
+                        kernel_initializer=keras.initializers.GlorotUniform(seed=seed), name=name)
+
+
+@keras.saving.register_keras_serializable(package="visatt")
+class GlimpseSensor(layers.Layer):
+    """The glimpse sensor rho(x, l): `num_scales` concentric patches of side g, 2g, 4g, ...,
+    each area-averaged to g x g. (B, H, W, C) float, (B, 2) -> (B, S, g, g, C); zero outside."""
+
+    def __init__(self, patch_size, num_scales, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size, self.num_scales = patch_size, num_scales
+        self.retina = Retina(patch_size, num_scales)
+
+    def call(self, x, l_t):
+        return self.retina(x, l_t)
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size, "num_scales": self.num_scales}
+
+
+@keras.saving.register_keras_serializable(package="visatt")
+class LocationNetwork(layers.Layer):
+    """Location network f_l(h; theta_l) and its Gaussian policy (RAM Sec. 3.1, 4.1; DRAM's
+    emission network):
+
+        mu_t  = Linear(h_t)                       (B, 2), linear as in the papers
+        l_t   = mu_t + std * eps,  eps ~ N(0, I)   (B, 2), a constant for autodiff
+        log_pi = log N(l_t; mu_t, std^2 I)         (B,)
+
+    The sample is stop-gradient'ed: a classification loss cannot reach theta_l through l_t, only
+    REINFORCE (through log_pi) trains this network. `detach=True` also stops that gradient at
+    h_t. The returned location is clipped to [-clip, clip]; log_pi is that of the unclipped sample.
+    """
+
+    def __init__(self, std, clip=1.0, detach=False, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.std = std
+        self.clip = clip
+        self.detach = detach
+        self.seed = seed
+        self.fc = seeded_dense(2, seed + 7, name="fc_mean")
+
+    def build(self, h_shape):
+        self.fc.build(h_shape)
+        self.built = True
+
+    def call(self, h_t, noise, action=None):
+        """`h_t` (B, units), `noise` (B, 2) standard normal -> l_t (B, 2), log_pi (B,), mu_t (B, 2).
+
+        `action` (B, 2): take this location instead of a sample (log_pi is its density)."""
+        if self.detach:
+            h_t = ops.stop_gradient(h_t)
+        mu = self.fc(h_t)  # (B, 2)
+        sample = ops.stop_gradient(mu + self.std * noise if action is None else ops.cast(action, mu.dtype))  # (B, 2)
+        z = (sample - mu) / self.std
+        log_pi = ops.sum(-0.5 * z * z - math.log(self.std) - 0.5 * math.log(2 * math.pi), axis=-1)
+        l_t = ops.clip(sample, -self.clip, self.clip)
+        return l_t, log_pi, mu
+
+    def get_config(self):
+        return {**super().get_config(), "std": self.std, "clip": self.clip,
+                "detach": self.detach, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="visatt")
+class BaselineNetwork(layers.Layer):
+    """Baseline b_t = Linear(h_t) (RAM Sec. 4.1, "variance reduction"): predicts the reward.
+
+    It reads a stop-gradient'ed h_t, so regressing the reward does not shape the state it reads.
+    """
+
+    def __init__(self, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.fc = seeded_dense(1, seed + 9, name="fc_baseline")
+
+    def build(self, h_shape):
+        self.fc.build(h_shape)
+        self.built = True
+
+    def call(self, h_t):
+        return self.fc(ops.stop_gradient(h_t))[:, 0]  # (B,)
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+def reinforce_terms(log_pi, reward, baseline, mask=None):
+    """REINFORCE with a learnt baseline (Williams 1992; RAM Sec. 3.2 and 4.1), per sample.
+
+    Args:
+        log_pi: (B, T) log-densities of the sampled locations.
+        reward: (B, T) the return credited to each step's action (RAM: R broadcast over steps).
+        baseline: (B, T) b_t.
+        mask: (B, T) 1 for the steps whose actions are credited, 0 for the rest (None: all).
+
+    Returns:
+        reinforce (B,) = sum_t -log_pi_t * stop_gradient(R_t - b_t) * m_t,
+        baseline_mse (B,) = mean over the credited steps of (b_t - R_t)^2.
+    """
+    reward = ops.stop_gradient(ops.cast(reward, log_pi.dtype))
+    advantage = ops.stop_gradient(reward - baseline)  # (B, T)
+    m = ops.ones_like(log_pi) if mask is None else ops.cast(mask, log_pi.dtype)
+    reinforce = ops.sum(-log_pi * advantage * m, axis=1)  # (B,)
+    if mask is None:
+        return reinforce, ops.mean(ops.square(baseline - reward), axis=1)
+    mse = ops.sum(ops.square(baseline - reward) * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1.0)
+    return reinforce, mse
+
+
+class AttentionModel(VisattModel):
+    """A model that samples glimpse locations: its own `SeedGenerator` (seeded from the config's
+    `seed`, saved with the model) draws the policy noise; `deterministic=True` glimpses at the
+    policy means instead. The evaluator adds Monte-Carlo averaging over location samples and a
+    deterministic pass.
+
+    `sampling` is a non-trainable scalar (1) that scales the noise: the evaluator sets it to 0
+    for its deterministic pass through the compiled predict function (a variable is read at run
+    time, so nothing is retraced), and back to 1.
+    """
+
+    stochastic = True
+
+    def __init__(self, config=None, task=None, **kwargs):
+        super().__init__(config, task, **kwargs)
+        self.seed_generator = keras.random.SeedGenerator(self.config.seed)
+        self.sampling = self.add_weight(shape=(), initializer="ones", trainable=False, name="sampling")
+
+    def location_noise(self, batch, steps, deterministic=False):
+        """Standard normal policy noise (B, steps, 2), scaled by `sampling`; zeros when deterministic."""
+        if deterministic:
+            return ops.zeros((batch, steps, 2))
+        return keras.random.normal((batch, steps, 2), seed=self.seed_generator) * self.sampling

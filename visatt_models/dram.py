@@ -1,0 +1,273 @@
+"""Deep Recurrent Attention Model (DRAM): Ba, Mnih, Kavukcuoglu, "Multiple Object Recognition
+with Visual Attention", ICLR 2015 (arXiv:1412.7755).
+
+One class per box of the paper's Fig. 1, on the parts shared with RAM (`attention.py`):
+
+    context network   the whole image, down-sampled to c x c, through convs -> r2's initial state
+    glimpse network   retina (S concentric scales of g x g) -> convs -> FC: "what";
+                      FC(l_t): "where"; g_t = what * where                       (Sec. 3.1)
+    recurrent net     r1 = LSTM(g_t, r1), r2 = LSTM(r1, r2)                      (Sec. 3.2)
+    emission network  l_{t+1} ~ N(Linear(r2), std^2)    (attention.LocationNetwork)
+    classification    after every N glimpses, one hidden layer + softmax on r1 (Sec. 3.3)
+    baseline          b_t = Linear(r2) (attention.BaselineNetwork)
+
+Timing. Step t = 0 .. T-1 with T = N * P (N `glimpses_per_digit`, P emissions): the emission
+network reads r2 and draws l_t (the first from r2's initial state, i.e. from the context), the
+glimpse at l_t updates r1 then r2, and after steps N-1, 2N-1, ... the classifier reads r1. The
+context reaches r2 only, so it steers where to look but cannot classify: for a given sequence
+of locations, the classifications do not depend on it (tested). T is static per store, so the
+model compiles once.
+
+Emissions. On a sequence store P = max_length + 1: one softmax over the 10 digits and the
+end-of-sequence class per emission, which is the sequence task's blank class (labels
+`[1, 0, 5, 10, 10]` and an extra 10 for the sixth emission), so the task's `independent` head
+layout, loss and decoding apply unchanged. `emissions` can lower P (e.g. 3 on `mnist-pairs`:
+two digits and the end). On a single-digit store P = 1 and the model is a RAM with DRAM's
+networks: one classification over the 10 digits after N glimpses.
+
+Training (Sec. 3.3 and 4): the task's cross-entropy on every emission, plus REINFORCE on the
+locations with a learnt baseline. Reward: emission k earns r_k = 1 while every emission up to k
+is right ("digits right so far"); the glimpses of digit group k are credited with the return
+sum_{j >= k} r_j, and only the groups up to and including the first wrong emission are
+credited: the policy gradient of a sequence is truncated after its first mistake. As RAM
+showed (README), the REINFORCE term reaching the shared networks at full weight swamps the
+classifier: `reinforce_weight` sets how much of it reaches them (under Adam it does not scale
+the emission network's own update, whose only gradient it is).
+
+Evaluation: one sampled pass, a deterministic pass at the policy means, and Monte-Carlo
+averaging of log-probabilities over location samples (`mc_average = "log_probabilities"`,
+Sec. 4). A right-to-left model (`--reverse`, the task reads reversed labels) combines with a
+left-to-right one in `visatt-eval --backward` (`evaluate.combine_forward_backward`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+from keras import layers, ops
+
+from visatt_models.attention import (
+    AttentionModel,
+    BaselineNetwork,
+    GlimpseSensor,
+    LocationNetwork,
+    reinforce_terms,
+    seeded_dense,
+)
+from visatt_models.base import weighted_mean
+from visatt_models.cnn import conv_stack
+
+
+@dataclasses.dataclass(frozen=True)
+class DRAMConfig:
+    """Everything that defines a DRAM model; `DRAM(config, task)` builds it.
+
+    Paper settings (Sec. 4): glimpse convs 5x5, 3x3, 3x3 with 64, 64, 128 filters, LSTMs of 512,
+    N = 3 glimpses per digit, two scales. `std` is in units of half the image size (l in
+    [-1, 1]), like RAM's.
+    """
+
+    glimpses_per_digit: int = 3  # N
+    emissions: int | None = None  # P; None: max_length + 1 on a sequence store, 1 on a digit store
+    patch_size: int = 12  # g
+    scales: int = 2  # S concentric patches of side g, 2g, ...
+    conv_filters: tuple[int, ...] = (64, 64, 128)
+    conv_kernels: tuple[int, ...] = (5, 3, 3)
+    glimpse_size: int = 512  # the "what", "where" and g_t width
+    lstm_units: int = 512
+    classifier_hidden: int = 512
+    context_size: int = 16  # c: side of the down-sampled whole image
+    context_filters: tuple[int, ...] = (16, 16, 32)  # each conv ReLU + 2x2 max-pool
+    context_kernels: tuple[int, ...] = (5, 3, 3)
+    std: float = 0.11
+    location_clip: float = 1.0
+    detach_policy_gradient: bool = False  # True: REINFORCE trains only the emission network
+    ce_weight: float = 1.0
+    reinforce_weight: float = 0.05
+    baseline_weight: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("conv_filters", "conv_kernels", "context_filters", "context_kernels"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if len(self.conv_filters) != len(self.conv_kernels) or len(self.context_filters) != len(self.context_kernels):
+            raise ValueError("conv_filters/conv_kernels and context_filters/context_kernels must have equal lengths")
+        for name in ("glimpses_per_digit", "patch_size", "scales", "glimpse_size", "lstm_units", "classifier_hidden",
+                     "context_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.emissions is not None and self.emissions < 1:
+            raise ValueError(f"emissions must be >= 1, got {self.emissions}")
+        if not self.std > 0:
+            raise ValueError(f"std must be > 0, got {self.std}")
+
+
+@keras.saving.register_keras_serializable(package="visatt")
+class ConvGlimpseNetwork(layers.Layer):
+    """DRAM's glimpse network (Sec. 3.1): the retina's S patches stacked as channels
+    (B, g, g, S C) through the convs and a ReLU FC ("what"), times a ReLU FC of the location
+    ("where"): g_t = what * where, (B, glimpse_size)."""
+
+    def __init__(self, patch_size, scales, filters, kernels, units, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self._args = dict(patch_size=patch_size, scales=scales, filters=tuple(filters), kernels=tuple(kernels),
+                          units=units, seed=seed)
+        self.retina = GlimpseSensor(patch_size, scales, name="retina")
+        self.convs = conv_stack(filters, kernels, seed + 20, "glimpse", pool=False)
+        self.flatten = layers.Flatten()
+        self.fc_what = seeded_dense(units, seed + 30, "relu", name="fc_what")
+        self.fc_where = seeded_dense(units, seed + 31, "relu", name="fc_where")
+
+    def call(self, x, l_t):
+        patches = self.retina(x, l_t)  # (B, S, g, g, C)
+        s, g, c = patches.shape[1], patches.shape[2], patches.shape[4]
+        h = ops.reshape(ops.transpose(patches, (0, 2, 3, 1, 4)), (-1, g, g, s * c))  # (B, g, g, S C)
+        for conv in self.convs:
+            h = conv(h)
+        return self.fc_what(self.flatten(h)) * self.fc_where(l_t)  # g_t: (B, units)
+
+    def get_config(self):
+        return {**super().get_config(), **self._args}
+
+
+@keras.saving.register_keras_serializable(package="visatt")
+class ContextNetwork(layers.Layer):
+    """The context network (Sec. 3.4): the whole image down-sampled (antialiased bilinear) to
+    c x c, convs with 2x2 max-pooling, and a tanh FC: r2's initial hidden state (B, units)."""
+
+    def __init__(self, size, filters, kernels, units, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self._args = dict(size=size, filters=tuple(filters), kernels=tuple(kernels), units=units, seed=seed)
+        self.size = size
+        self.convs = conv_stack(filters, kernels, seed + 40, "context")
+        self.flatten = layers.Flatten()
+        self.fc = seeded_dense(units, seed + 50, "tanh", name="fc_context")
+
+    def call(self, x):
+        h = ops.image.resize(x, (self.size, self.size), interpolation="bilinear", antialias=True)  # (B, c, c, C)
+        for layer in self.convs:
+            h = layer(h)
+        return self.fc(self.flatten(h))
+
+    def get_config(self):
+        return {**super().get_config(), **self._args}
+
+
+@keras.saving.register_keras_serializable(package="visatt")
+class DRAM(AttentionModel):
+    """DRAM for a digit or a sequence task.
+
+    Input: raw pixels (B, H, W, C), uint8. `call(images, training=False, deterministic=False,
+    locations=None)` returns a dict:
+
+        digit_logits (B, P, K + 1)  sequence task: digits and end-of-sequence per emission
+        logits       (B, K)         digit task: the one emission
+        locations    (B, T, 2)      l_t (y, x) in [-1, 1], clipped; T = N * P
+        means        (B, T, 2)      the emission network's means
+        log_pi       (B, T)
+        baseline     (B, T)
+
+    `locations` (B, T, 2) forces the glimpse locations (tests; the policy is not sampled).
+    """
+
+    config_cls = DRAMConfig
+    mc_average = "log_probabilities"
+
+    def __init__(self, config: DRAMConfig | None = None, task=None, **kwargs):
+        super().__init__(config, task, **kwargs)
+        config = self.config
+        self.emissions = config.emissions or (1 if self.task.kind == "digit" else self.task.max_length + 1)
+        self.classes = self.task.num_classes + (self.task.kind == "sequence")  # + end of sequence
+        seed = config.seed * 100
+        units = config.lstm_units
+        self.context_network = ContextNetwork(config.context_size, config.context_filters, config.context_kernels,
+                                              units, seed=seed, name="context_network")
+        self.glimpse_network = ConvGlimpseNetwork(config.patch_size, config.scales, config.conv_filters,
+                                                  config.conv_kernels, config.glimpse_size, seed=seed,
+                                                  name="glimpse_network")
+        self.r1 = layers.LSTMCell(units, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 60),
+                                  recurrent_initializer=keras.initializers.Orthogonal(seed=seed + 61), name="r1")
+        self.r2 = layers.LSTMCell(units, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 62),
+                                  recurrent_initializer=keras.initializers.Orthogonal(seed=seed + 63), name="r2")
+        self.emission_network = LocationNetwork(config.std, config.location_clip, config.detach_policy_gradient,
+                                                seed=seed, name="emission_network")
+        self.baseline_network = BaselineNetwork(seed=seed, name="baseline_network")
+        self.classifier_hidden = seeded_dense(config.classifier_hidden, seed + 70, "relu", name="classifier_hidden")
+        self.classifier = seeded_dense(self.classes, seed + 71, name="classifier")
+        self.ce_tracker = keras.metrics.Mean(name="ce_loss")
+        self.reinforce_tracker = keras.metrics.Mean(name="reinforce_loss")
+        self.baseline_tracker = keras.metrics.Mean(name="baseline_loss")
+
+    @classmethod
+    def check_task(cls, task) -> None:
+        if task.kind == "sequence" and task.head != "independent":
+            raise ValueError("DRAM emits one softmax per digit: it needs the sequence task's 'independent' head")
+
+    @property
+    def steps(self) -> int:
+        return self.config.glimpses_per_digit * self.emissions
+
+    def build(self, images_shape):
+        """`images_shape`: (B, H, W, C). One deterministic pass on a blank image builds every
+        sublayer (the conv stacks need the real shapes), drawing no random numbers."""
+        self.call(ops.zeros((1, *images_shape[1:]), "uint8"), deterministic=True)
+        self.built = True
+
+    def call(self, images, training=False, deterministic=False, locations=None):
+        cfg = self.config
+        x = ops.cast(images, "float32") / 255.0  # (B, H, W, C) in [0, 1]
+        batch = ops.shape(x)[0]
+        noise = self.location_noise(batch, self.steps, deterministic)  # (B, T, 2)
+        zeros = ops.zeros((batch, cfg.lstm_units))
+        r1 = [zeros, zeros]  # (h, c) of the lower LSTM: no context
+        r2 = [self.context_network(x), zeros]  # the upper LSTM starts from the context
+        locs, means, log_pis, baselines, logits = [], [], [], [], []
+        for t in range(self.steps):
+            action = None if locations is None else locations[:, t]
+            l_t, log_pi, mu_t = self.emission_network(r2[0], noise[:, t], action)  # (B, 2), (B,), (B, 2)
+            baselines.append(self.baseline_network(r2[0]))  # b_t: (B,)
+            g_t = self.glimpse_network(x, l_t)  # (B, glimpse_size)
+            h1, r1 = self.r1(g_t, r1)
+            _, r2 = self.r2(h1, r2)
+            r1, r2 = list(r1), list(r2)
+            if (t + 1) % cfg.glimpses_per_digit == 0:
+                logits.append(self.classifier(self.classifier_hidden(h1)))  # (B, classes), read from r1
+            locs.append(l_t)
+            means.append(mu_t)
+            log_pis.append(log_pi)
+        emitted = ops.stack(logits, axis=1)  # (B, P, classes)
+        heads = {"logits": emitted[:, 0]} if self.task.kind == "digit" else {"digit_logits": emitted}
+        return {
+            **heads,
+            "locations": ops.stack(locs, axis=1),  # (B, T, 2)
+            "means": ops.stack(means, axis=1),  # (B, T, 2)
+            "log_pi": ops.stack(log_pis, axis=1),  # (B, T)
+            "baseline": ops.stack(baselines, axis=1),  # (B, T)
+        }
+
+    def emission_correct(self, y, y_pred):
+        """(B, P) float: whether each emission's most probable class is its label."""
+        if self.task.kind == "digit":
+            y = ops.cast(ops.reshape(y, (-1, 1)), "int32")
+            return ops.cast(ops.argmax(y_pred["logits"], axis=-1)[:, None] == y, "float32")
+        labels = self.task.labels_for(y, self.emissions)  # (B, P)
+        return ops.cast(ops.cast(ops.argmax(y_pred["digit_logits"], axis=-1), "int32") == labels, "float32")
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """ce + reinforce_weight * REINFORCE + baseline_weight * baseline MSE (module docstring)."""
+        ce, _ = self.task_loss(y, y_pred, sample_weight)  # (B,)
+        right_so_far = ops.cumprod(self.emission_correct(y, y_pred), axis=1)  # r_k: (B, P)
+        returns = ops.flip(ops.cumsum(ops.flip(right_so_far, axis=1), axis=1), axis=1)  # sum_{j >= k} r_j
+        credited = ops.concatenate([ops.ones_like(right_so_far[:, :1]), right_so_far[:, :-1]], axis=1)  # up to the first mistake
+        n = self.config.glimpses_per_digit
+        reinforce, baseline_mse = reinforce_terms(y_pred["log_pi"], ops.repeat(returns, n, axis=1), y_pred["baseline"],
+                                                  ops.repeat(credited, n, axis=1))  # (B,), (B,)
+        ce, reinforce, baseline_mse = (weighted_mean(v, sample_weight) for v in (ce, reinforce, baseline_mse))
+        self.ce_tracker.update_state(ce)
+        self.reinforce_tracker.update_state(reinforce)
+        self.baseline_tracker.update_state(baseline_mse)
+        cfg = self.config
+        return self.with_regularisation(cfg.ce_weight * ce + cfg.reinforce_weight * reinforce
+                                        + cfg.baseline_weight * baseline_mse)
+
