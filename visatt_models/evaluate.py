@@ -16,6 +16,8 @@ decoding.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 
@@ -28,7 +30,7 @@ def outputs_numpy(model, images) -> dict[str, np.ndarray]:
     return {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in model.predict_on_batch(images).items()}
 
 
-def predict(model, images) -> np.ndarray:
+def predictions(model, images) -> np.ndarray:
     """Decoded predictions of one pass: (B,) digits or (B, P) padded sequences."""
     task: Task = model.task
     return decode_numpy(task, head_log_probs(task, outputs_numpy(model, images)))
@@ -56,18 +58,14 @@ def mc_log_probs(model, images, samples: int) -> dict[str, np.ndarray]:
     return averaged
 
 
-class deterministic_policy:
-    """Context: a stochastic model glimpses at its policy means (its `sampling` scale set to 0)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.model.sampling.assign(0.0)
-        return self.model
-
-    def __exit__(self, *exc):
-        self.model.sampling.assign(1.0)
+@contextlib.contextmanager
+def deterministic_policy(model):
+    """Within: a stochastic model glimpses at its policy means (its `sampling` scale set to 0)."""
+    model.sampling.assign(0.0)
+    try:
+        yield model
+    finally:
+        model.sampling.assign(1.0)
 
 
 def evaluate(model, split: Split, *, batch_size: int = 256, mc_samples: int = 0, crop=None, prefix: str = "test") -> dict:
@@ -85,7 +83,7 @@ def evaluate(model, split: Split, *, batch_size: int = 256, mc_samples: int = 0,
     counts, counts_mc, counts_det = {}, {}, {}
     for i in range(len(batches)):
         images, labels = batches[i]
-        _add(counts, task.count(predict(model, images), labels))
+        _add(counts, task.count(predictions(model, images), labels))
         if mc:
             _add(counts_mc, task.count(decode_numpy(task, mc_log_probs(model, images, mc_samples)), labels))
         if model.stochastic:

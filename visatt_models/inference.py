@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from visatt_models.data import crop_images
-from visatt_models.evaluate import mc_log_probs, predict as predict_batch
+from visatt_models.evaluate import mc_log_probs, predictions
 from visatt_models.runs import RunError, RunFolder
 from visatt_models.tasks import decode_numpy
 
@@ -28,7 +28,7 @@ def load_run(run_dir, *, checkpoint: str = "best"):
     """The model of the run in `run_dir` with its best-val weights (or `checkpoint="last"`).
 
     It takes raw uint8 images (B, h, w, C) of the run's input shape (`model.run_spec.input_shape`)
-    and returns a dict of outputs; `model.task` decodes them (`visatt_models.evaluate.predict`).
+    and returns a dict of outputs; `model.task` decodes them (`visatt_models.evaluate.predictions`).
     """
     import keras
 
@@ -87,5 +87,5 @@ def predict(run_dir, images, *, mc_samples: int | None = None, checkpoint: str =
     if model.stochastic and mc > 0:
         predicted = decode_numpy(model.task, mc_log_probs(model, pixels, mc))
     else:
-        predicted = predict_batch(model, pixels)
+        predicted = predictions(model, pixels)
     return [model.task.format(p) for p in predicted]

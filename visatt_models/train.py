@@ -27,7 +27,6 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Literal
 
 import keras

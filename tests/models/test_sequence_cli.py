@@ -6,26 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from pipelines.build import build_dataset
-from stores import tiny_store
+from stores import run, tiny_store
 from visatt_models import load_run, predict
 from visatt_models.cli import eval_main, predict_main, train_main
 from visatt_models.data import Split, crop_images, open_store
-from visatt_models.evaluate import predict as predict_batch
+from visatt_models.evaluate import predictions
 
 SVHN_SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "sources" / "svhn-format1-sample"
 CNN = ["--model", "cnn", "--set", "widths=4,8", "--set", "dense=16", "--verbose", "0"]
 SEQUENCE_FIELDS = ("test_sequence_accuracy", "test_sequence_error", "test_digit_accuracy", "test_length_accuracy")
-
-
-def run(command, args, ok=True):
-    result = CliRunner().invoke(command, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +65,7 @@ def test_predict_on_image_files_equals_the_evaluation_path(seq_run, store, tmp_p
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(image[..., 0]).save(paths[-1])
     model = load_run(seq_run)
-    expected = [model.task.format(p) for p in predict_batch(model, crop_images(images, (36, 36)))]
+    expected = [model.task.format(p) for p in predictions(model, crop_images(images, (36, 36)))]
     assert predict(seq_run, paths) == expected == predict(seq_run, images)
     printed = run(predict_main, ["--run", seq_run, *paths]).output.splitlines()
     assert printed == [f"{p}\t{n}" for p, n in zip(paths, expected)]
@@ -89,6 +81,7 @@ def test_predict_on_image_files_equals_the_evaluation_path(seq_run, store, tmp_p
     assert refused.exit_code == 1 and "missing.png: no such file" in refused.output
 
 
+@pytest.mark.single_backend
 def test_svhn_64_from_the_real_sample_trains_evaluates_and_predicts(tmp_path, monkeypatch):
     """The whole SVHN path on the 3 real images per split: build svhn-64, train 1 epoch on 54x54
     crops, evaluate, predict on a real SVHN file."""

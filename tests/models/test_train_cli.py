@@ -7,10 +7,9 @@ import math
 import keras
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from stores import tiny_store
+from stores import run, tiny_store
 from visatt_models.cli import eval_main, train_main
 from visatt_models.data import Split, open_store
 from visatt_models.runs import RunFolder
@@ -32,13 +31,6 @@ def store(tmp_path_factory):
 def other_store(tmp_path_factory):
     """Same shape, another dataset (different name and recipe)."""
     return tiny_store(tmp_path_factory.mktemp("stores") / "translated.zarr", name="mnist-translated", limit=64, canvas=40)
-
-
-def run(command, args, ok=True):
-    result = CliRunner().invoke(command, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 def read_log(path):
