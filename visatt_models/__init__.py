@@ -1,4 +1,5 @@
-"""visatt's models: CNN, RAM and STN trained from visatt stores (`visatt-train`, `visatt-eval`).
+"""visatt's models: CNN, RAM, DRAM and STN trained from visatt stores (`visatt-train`, `visatt-eval`,
+`visatt-predict`).
 
     from visatt_models import load_run, predict
     model = load_run("runs/cnn")                 # best checkpoint of a run, for raw uint8 images

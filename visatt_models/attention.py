@@ -21,7 +21,7 @@ import math
 import keras
 from keras import layers, ops
 
-from visatt_models.base import VisattModel
+from visatt_models.base import VisattModel, weighted_mean
 from visatt_models.sampler import Retina
 
 
@@ -155,6 +155,20 @@ class AttentionModel(VisattModel):
         super().__init__(config, task, **kwargs)
         self.seed_generator = keras.random.SeedGenerator(self.config.seed)
         self.sampling = self.add_weight(shape=(), initializer="ones", trainable=False, name="sampling")
+        self.ce_tracker = keras.metrics.Mean(name="ce_loss")
+        self.reinforce_tracker = keras.metrics.Mean(name="reinforce_loss")
+        self.baseline_tracker = keras.metrics.Mean(name="baseline_loss")
+
+    def hybrid_loss(self, ce, reinforce, baseline_mse, sample_weight=None):
+        """The hybrid loss of RAM and DRAM from per-sample terms (B,): each averaged over the batch,
+        tracked as a metric and weighted by the config's `ce_weight`, `reinforce_weight` and
+        `baseline_weight`."""
+        ce, reinforce, baseline_mse = (weighted_mean(v, sample_weight) for v in (ce, reinforce, baseline_mse))
+        self.ce_tracker.update_state(ce)
+        self.reinforce_tracker.update_state(reinforce)
+        self.baseline_tracker.update_state(baseline_mse)
+        c = self.config
+        return self.with_regularisation(c.ce_weight * ce + c.reinforce_weight * reinforce + c.baseline_weight * baseline_mse)
 
     def location_noise(self, batch, steps, deterministic=False):
         """Standard normal policy noise (B, steps, 2), scaled by `sampling`; zeros when deterministic."""

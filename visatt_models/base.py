@@ -54,12 +54,12 @@ class VisattModel(keras.Model):
         if not isinstance(self.config, self.config_cls):
             raise TypeError(f"{type(self).__name__} takes a {self.config_cls.__name__}, got {type(self.config).__name__}")
         self.task = task if task is not None else DigitTask()
-        self.check_task(self.task)
+        self.check_task(self.task, self.config)
         self.task_metrics = [keras.metrics.Mean(name=name) for name in self.task.metric_names]
 
     @classmethod
-    def check_task(cls, task: Task) -> None:
-        """Raise ValueError when the model cannot serve `task` (every task, unless overridden)."""
+    def check_task(cls, task: Task, config=None) -> None:
+        """Raise ValueError when the model (with `config`) cannot serve `task` (any, unless overridden)."""
 
     # ------------------------------------------------------------ loss and metrics
 
@@ -108,9 +108,12 @@ class VisattModel(keras.Model):
 
     def load_own_variables(self, store):
         own = self._trainable_variables + self._non_trainable_variables
+        keys = [k for k in store.keys() if k.startswith(_SEED_KEY)]
+        if len(store.keys()) - len(keys) != len(own):
+            raise ValueError(f"{self.name}: the saved model has {len(store.keys()) - len(keys)} variables of its own, "
+                             f"this one {len(own)}")
         for i, v in enumerate(own):
             v.assign(store[f"{i}"])
-        keys = [k for k in store.keys() if k.startswith(_SEED_KEY)]
         states = self._seed_states()
         if keys and len(keys) != len(states):
             raise ValueError(f"the saved model has {len(keys)} random generator states, this one {len(states)}")

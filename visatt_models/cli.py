@@ -68,7 +68,7 @@ class CropType(click.ParamType):
 @click.option("--clipnorm", type=click.FloatRange(0, min_open=True), default=None, help="Clip each gradient to this norm.")
 @click.option("--seed", type=click.IntRange(0), default=_DEFAULTS.seed, show_default=True, help="Run seed: weights, data order, sampling.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N samples of each split (quick runs).")
-@click.option("--mc", "mc_samples", type=click.IntRange(0), default=_DEFAULTS.mc_samples, show_default=True, help="Stochastic models (RAM): Monte-Carlo location samples at test time (0: none).")
+@click.option("--mc", "mc_samples", type=click.IntRange(0), default=_DEFAULTS.mc_samples, show_default=True, help="Stochastic models (RAM, DRAM): Monte-Carlo location samples at test time (0: none).")
 @click.option("--head", type=click.Choice(["independent", "length"]), default=None,
               help="Sequence stores: 'independent' (default; a softmax over the digits and the blank per position, the "
                    "seed article's SVHN baseline) or 'length' (Goodfellow et al. 2013: a length softmax and digit softmaxes).")
@@ -123,7 +123,7 @@ def train_main(ctx, store, out, model, preset, overrides, head, reverse, resume,
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Run folder written by visatt-train.")
 @click.option("--store", type=click.Path(exists=True, file_okay=False), help="Store to test on (default: the one trained on).")
-@click.option("--mc", "mc_samples", type=click.IntRange(0), default=None, help="Stochastic models (RAM): Monte-Carlo samples (default: the run's).")
+@click.option("--mc", "mc_samples", type=click.IntRange(0), default=None, help="Stochastic models (RAM, DRAM): Monte-Carlo samples (default: the run's).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Test on the first N samples (default: the run's --limit).")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Default: the run's.")
 @click.option("--force", is_flag=True, help="Evaluate even on a store holding another dataset (name or recipe digest).")
@@ -152,7 +152,7 @@ def eval_main(run_dir, store, mc_samples, limit, batch_size, force, backward):
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Run folder written by visatt-train.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--mc", "mc_samples", type=click.IntRange(0), default=None, help="Stochastic models (RAM): Monte-Carlo samples (default: the run's; 0: one pass).")
+@click.option("--mc", "mc_samples", type=click.IntRange(0), default=None, help="Stochastic models (RAM, DRAM): Monte-Carlo samples (default: the run's; 0: one pass).")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print {image: prediction} as JSON.")
 def predict_main(run_dir, images, mc_samples, checkpoint, as_json):

@@ -60,6 +60,7 @@ class StoreInfo:
     image_shape: tuple[int, ...]  # (H, W, C)
     splits: dict[str, int]  # split -> number of samples in the store
     digests: dict[str, str]  # "<split>/<array>" -> array digest
+    recipe: dict  # the recipe the store was built from
 
     @property
     def identity(self) -> dict:
@@ -112,6 +113,7 @@ def open_store(path: str | Path) -> StoreInfo:
         image_shape=shapes.pop(),
         splits=sizes,
         digests=dict(attrs.get("digests", {})),
+        recipe=dict(attrs.get("recipe", {})),
     )
 
 

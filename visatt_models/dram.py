@@ -55,7 +55,6 @@ from visatt_models.attention import (
     reinforce_terms,
     seeded_dense,
 )
-from visatt_models.base import weighted_mean
 from visatt_models.cnn import conv_stack
 
 
@@ -99,6 +98,9 @@ class DRAMConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.emissions is not None and self.emissions < 1:
             raise ValueError(f"emissions must be >= 1, got {self.emissions}")
+        if self.context_size < 2 ** len(self.context_filters):  # each context conv halves the image
+            raise ValueError(f"context_size {self.context_size} does not survive {len(self.context_filters)} 2x2 "
+                             f"max-pools (needs >= {2 ** len(self.context_filters)})")
         if not self.std > 0:
             raise ValueError(f"std must be > 0, got {self.std}")
 
@@ -195,14 +197,13 @@ class DRAM(AttentionModel):
         self.baseline_network = BaselineNetwork(seed=seed, name="baseline_network")
         self.classifier_hidden = seeded_dense(config.classifier_hidden, seed + 70, "relu", name="classifier_hidden")
         self.classifier = seeded_dense(self.classes, seed + 71, name="classifier")
-        self.ce_tracker = keras.metrics.Mean(name="ce_loss")
-        self.reinforce_tracker = keras.metrics.Mean(name="reinforce_loss")
-        self.baseline_tracker = keras.metrics.Mean(name="baseline_loss")
 
     @classmethod
-    def check_task(cls, task) -> None:
+    def check_task(cls, task, config=None) -> None:
         if task.kind == "sequence" and task.head != "independent":
             raise ValueError("DRAM emits one softmax per digit: it needs the sequence task's 'independent' head")
+        if task.kind == "digit" and config is not None and config.emissions not in (None, 1):
+            raise ValueError(f"a single-digit store has one emission, not emissions={config.emissions}")
 
     @property
     def steps(self) -> int:
@@ -263,11 +264,5 @@ class DRAM(AttentionModel):
         n = self.config.glimpses_per_digit
         reinforce, baseline_mse = reinforce_terms(y_pred["log_pi"], ops.repeat(returns, n, axis=1), y_pred["baseline"],
                                                   ops.repeat(credited, n, axis=1))  # (B,), (B,)
-        ce, reinforce, baseline_mse = (weighted_mean(v, sample_weight) for v in (ce, reinforce, baseline_mse))
-        self.ce_tracker.update_state(ce)
-        self.reinforce_tracker.update_state(reinforce)
-        self.baseline_tracker.update_state(baseline_mse)
-        cfg = self.config
-        return self.with_regularisation(cfg.ce_weight * ce + cfg.reinforce_weight * reinforce
-                                        + cfg.baseline_weight * baseline_mse)
+        return self.hybrid_loss(ce, reinforce, baseline_mse, sample_weight)
 

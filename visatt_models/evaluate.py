@@ -61,11 +61,12 @@ def mc_log_probs(model, images, samples: int) -> dict[str, np.ndarray]:
 @contextlib.contextmanager
 def deterministic_policy(model):
     """Within: a stochastic model glimpses at its policy means (its `sampling` scale set to 0)."""
+    before = keras.ops.convert_to_numpy(model.sampling)
     model.sampling.assign(0.0)
     try:
         yield model
     finally:
-        model.sampling.assign(1.0)
+        model.sampling.assign(before)
 
 
 def evaluate(model, split: Split, *, batch_size: int = 256, mc_samples: int = 0, crop=None, prefix: str = "test") -> dict:
@@ -73,26 +74,27 @@ def evaluate(model, split: Split, *, batch_size: int = 256, mc_samples: int = 0,
 
     For a stochastic model, also the figures of a deterministic pass at the policy means
     (suffix `_det`) and, when mc_samples > 0, with Monte-Carlo averaging (suffix `_mc`, and
-    `mc_samples`). The plain figures are one sampled pass. The passes of a batch run in the
-    order sampled, Monte-Carlo, deterministic, so the random draws of the first two do not
-    depend on whether the third runs.
+    `mc_samples`). The plain figures are one sampled pass. Each pass goes over the whole split
+    before the next starts (sampled, then Monte-Carlo, then deterministic, which draws
+    nothing), so the sampled figures do not depend on `mc_samples`.
     """
     task: Task = model.task
     batches = Batches(split, batch_size, shuffle=False, crop=crop)
-    mc = mc_samples > 0 and model.stochastic
-    counts, counts_mc, counts_det = {}, {}, {}
-    for i in range(len(batches)):
-        images, labels = batches[i]
-        _add(counts, task.count(predictions(model, images), labels))
-        if mc:
-            _add(counts_mc, task.count(decode_numpy(task, mc_log_probs(model, images, mc_samples)), labels))
-        if model.stochastic:
-            _add(counts_det, task.count(decode_numpy(task, _deterministic_log_probs(model, images)), labels))
-    result = {f"{prefix}_samples": counts["samples"], **{f"{prefix}_{k}": v for k, v in task.summarise(counts).items()}}
+    passes = {"": lambda x: head_log_probs(task, outputs_numpy(model, x))}
+    if model.stochastic and mc_samples > 0:
+        passes["_mc"] = lambda x: mc_log_probs(model, x, mc_samples)
     if model.stochastic:
-        result.update({f"{prefix}_{k}_det": v for k, v in task.summarise(counts_det).items()})
-    if mc:
-        result.update({f"{prefix}_{k}_mc": v for k, v in task.summarise(counts_mc).items()}, mc_samples=mc_samples)
+        passes["_det"] = lambda x: _deterministic_log_probs(model, x)
+    result = {}
+    for suffix, log_probs in passes.items():
+        counts = {}
+        for i in range(len(batches)):
+            images, labels = batches[i]
+            _add(counts, task.count(decode_numpy(task, log_probs(images)), labels))
+        result.setdefault(f"{prefix}_samples", counts["samples"])
+        result.update({f"{prefix}_{k}{suffix}": v for k, v in task.summarise(counts).items()})
+    if "_mc" in passes:
+        result["mc_samples"] = mc_samples
     return result
 
 
@@ -110,14 +112,10 @@ def sequence_log_prob(task: Task, digit_log_probs: np.ndarray, sequences: np.nda
     the sequence's class there, in the model's reading order (reversed for a `reverse` task),
     blanks after the last digit. A sequence longer than P has probability 0 (-inf)."""
     sequences = np.asarray(sequences, np.int64)
-    if task.reverse:
-        sequences = np.asarray(keras.ops.convert_to_numpy(task.reversed_digits(sequences)), np.int64)
-    b, p = digit_log_probs.shape[:2]
-    too_long = (sequences[:, p:] != task.blank).any(axis=1) if sequences.shape[1] > p else np.zeros(b, bool)
-    padded = np.full((b, p), task.blank, np.int64)
-    width = min(p, sequences.shape[1])
-    padded[:, :width] = sequences[:, :width]
-    score = np.take_along_axis(digit_log_probs, padded[..., None], axis=-1)[..., 0].sum(axis=1)
+    p = digit_log_probs.shape[1]
+    too_long = (sequences[:, p:] != task.blank).any(axis=1)  # (B,) digits beyond the emissions
+    read = np.asarray(keras.ops.convert_to_numpy(task.labels_for(sequences, p)), np.int64)  # (B, P) model order
+    score = np.take_along_axis(digit_log_probs, read[..., None], axis=-1)[..., 0].sum(axis=1)
     return np.where(too_long, -np.inf, score)
 
 

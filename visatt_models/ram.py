@@ -43,7 +43,6 @@ from visatt_models.attention import (
     reinforce_terms,
     seeded_dense,
 )
-from visatt_models.base import weighted_mean
 from visatt_models.tasks import TaskHead
 
 
@@ -218,9 +217,6 @@ class RAM(AttentionModel):
             name="location_network")
         self.action_network = TaskHead(self.task, seed=seed + 8, name="action_network")  # f_a
         self.baseline_network = BaselineNetwork(seed=seed, name="baseline_network")
-        self.ce_tracker = keras.metrics.Mean(name="ce_loss")
-        self.reinforce_tracker = keras.metrics.Mean(name="reinforce_loss")
-        self.baseline_tracker = keras.metrics.Mean(name="baseline_loss")
 
     def build(self, images_shape):
         """`images_shape`: (B, H, W, C)."""
@@ -269,11 +265,4 @@ class RAM(AttentionModel):
         log_pi = y_pred["log_pi"]  # (B, T)
         rewards = ops.broadcast_to(reward[:, None], ops.shape(log_pi))  # R credited to every step
         reinforce, baseline_mse = reinforce_terms(log_pi, rewards, y_pred["baseline"])  # (B,), (B,)
-        ce, reinforce, baseline_mse = (weighted_mean(v, sample_weight) for v in (ce, reinforce, baseline_mse))
-        self.ce_tracker.update_state(ce)
-        self.reinforce_tracker.update_state(reinforce)
-        self.baseline_tracker.update_state(baseline_mse)
-        cfg = self.config
-        total = (cfg.ce_weight * ce + cfg.reinforce_weight * reinforce
-                 + cfg.baseline_weight * baseline_mse)
-        return self.with_regularisation(total)
+        return self.hybrid_loss(ce, reinforce, baseline_mse, sample_weight)

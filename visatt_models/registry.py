@@ -9,7 +9,8 @@ Plain Python, no Keras import: `--help` stays fast. A model module is imported o
 A preset is a description and the config fields it sets (everything else keeps the config
 dataclass's default). Adding a model is one entry here and its module.
 
-    python -m visatt_models.registry     # the markdown table of docs/models.md
+    python -m visatt_models.registry                          # the markdown table of docs/models.md
+    python -m visatt_models.registry --write docs/models.md   # ... written into it
 """
 
 from __future__ import annotations
@@ -105,14 +106,15 @@ MODELS: dict[str, ModelEntry] = {
         "one emission per digit and an end-of-sequence; stochastic like RAM.",
         {
             "paper": Preset(
-                "The paper's networks: glimpse convs 5x5/3x3/3x3 with 64/64/128 filters, two scales of 12x12, LSTMs "
-                "of 512, 3 glimpses per digit; std 0.03 location units of ~15% of the image width = 0.009 here.",
+                "The paper's networks and loss: glimpse convs 5x5/3x3/3x3 with 64/64/128 filters, two scales of "
+                "12x12, LSTMs of 512, 3 glimpses per digit, the policy gradient at full weight; std 0.03 location "
+                "units of ~15% of the image width = 0.009 here.",
                 {"conv_filters": (64, 64, 128), "conv_kernels": (5, 3, 3), "glimpse_size": 512, "lstm_units": 512,
-                 "classifier_hidden": 512, "glimpses_per_digit": 3, "std": 0.009},
+                 "classifier_hidden": 512, "glimpses_per_digit": 3, "std": 0.009, "reinforce_weight": 1.0},
             ),
             "visatt-small": Preset(
                 "A CPU-sized DRAM: glimpse convs 32/32/64, LSTMs of 256, 3 glimpses per digit, std 0.11 and the "
-                "policy gradient at weight 0.05 (RAM's `visatt-*` recipe).",
+                "policy gradient at weight 0.05 (RAM's `visatt-*` recipe; also `DRAMConfig`'s defaults).",
                 {"conv_filters": (32, 32, 64), "glimpse_size": 256, "lstm_units": 256, "classifier_hidden": 256,
                  "glimpses_per_digit": 3, "std": 0.11, "reinforce_weight": 0.05},
             ),
@@ -168,5 +170,21 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+def write_table(path) -> None:
+    """Replace the models table of the markdown file `path` (from its header row to the first
+    blank line after it) with `markdown_table()`."""
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    start = text.index("| `--model` | `--preset` | what |")
+    end = text.index("\n\n", start)
+    Path(path).write_text(text[:start] + markdown_table() + text[end:])
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    if sys.argv[1:2] == ["--write"]:
+        write_table(sys.argv[2])
+    else:
+        print(markdown_table())

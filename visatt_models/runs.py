@@ -55,6 +55,7 @@ class RunSpec:
     store: str  # absolute path of the store
     data: dict  # the store's identity: dataset, version, recipe_digest
     image_shape: tuple[int, ...]  # (H, W, C) of the store's images
+    resample: str = "bilinear"  # the PIL filter that resized the store's images (predicting on files uses it)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -75,7 +75,7 @@ class DigitTask:
         return keras.losses.sparse_categorical_crossentropy(y, outputs["logits"], from_logits=True)
 
     def decode(self, log_probs: dict):
-        """Most probable class (B,) from `{"logits": (B, K)}` log-probabilities (or logits)."""
+        """Most probable class (B,) from `{"logits": (B, K)}` log-probabilities."""
         return ops.argmax(log_probs["logits"], axis=-1)
 
     def per_sample(self, y, predictions) -> dict:
@@ -164,7 +164,8 @@ class SequenceTask:
 
     def decode(self, log_probs: dict):
         """Predicted sequences in reading order, padded with blanks: (B, max(P, max_length)),
-        from the heads' log-probabilities (or logits)."""
+        from the heads' log-probabilities (the length head's joint argmax needs normalised
+        log-probabilities; the independent heads' argmax would accept logits too)."""
         digit = log_probs["digit_logits"]
         if self.head == "independent":
             best = ops.cast(ops.argmax(digit, axis=-1), "int32")  # (B, P)

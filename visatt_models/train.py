@@ -72,11 +72,11 @@ def make_run_spec(store, model: str = "cnn", *, preset: str | None = None, overr
     fields = {"seed": train.seed} if "seed" in {f.name for f in dataclasses.fields(spec.config_cls)} else {}
     config = registry.make_config(spec, preset=preset, overrides=list(overrides), **fields)
     try:
-        spec.model_cls.check_task(task)
+        spec.model_cls.check_task(task, config)
     except ValueError as e:
         raise RunError(f"{model}: {e}") from None
     return RunSpec(model, preset, cfg.config_to_dict(config), task_to_dict(task), train, str(info.path.resolve()),
-                   info.identity, info.image_shape)
+                   info.identity, info.image_shape, info.recipe.get("resample", "bilinear"))
 
 
 def resume_run_spec(out, *, store=None, model=None, preset=None, overrides=(), head=None, reverse=False,
@@ -315,6 +315,9 @@ def evaluate_run(out, *, store=None, mc_samples: int | None = None, limit: int |
         store_task = None
     if store_task != task:
         raise RunError(f"store {info.path} has task {info.task!r}; the run was trained for {spec.task} (not even --force mixes tasks)")
+    if info.image_shape != spec.image_shape:
+        raise RunError(f"store {info.path} holds {'x'.join(map(str, info.image_shape))} images; the run was trained on "
+                       f"{'x'.join(map(str, spec.image_shape))} (not even --force resizes them)")
     t = spec.train
     limit = t.limit if limit is None else limit
     keras.utils.set_random_seed(t.seed)

@@ -114,7 +114,7 @@ def test_help_and_docs_are_generated_from_the_registry():
     from visatt_models.cli import train_main
 
     docs = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
-    assert registry.markdown_table() in docs, "docs/models.md is stale: paste `python -m visatt_models.registry`"
+    assert registry.markdown_table() in docs, "docs/models.md is stale: python -m visatt_models.registry --write docs/models.md"
     help_text = "".join(CliRunner().invoke(train_main, ["--help"]).output.split())  # wrapped anywhere
     for name, entry in registry.MODELS.items():
         assert f"{name}:{','.join(entry.presets)}" in help_text
