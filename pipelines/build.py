@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version as _pkg_version
 from pathlib import Path
 
@@ -93,8 +94,14 @@ class _Progress(Callback):
 
 def _execute(tasks, *, workers: int | None, scheduler, bar) -> list:
     if scheduler is None:
-        with _Progress(bar):
-            return list(dask.compute(*tasks, scheduler="threads", num_workers=workers or os.cpu_count()))
+        # Our own pool, so that on any failure (an error, SIGTERM, Ctrl-C) the chunks being written
+        # finish before the caller removes the partial store: no thread writes into a deleted folder.
+        pool = ThreadPoolExecutor(workers or os.cpu_count())
+        try:
+            with _Progress(bar):
+                return list(dask.compute(*tasks, scheduler="threads", pool=pool))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     from distributed import Client, as_completed
 
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)

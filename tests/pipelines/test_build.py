@@ -5,15 +5,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import zarr
+from tqdm import tqdm
 
 from pipelines import store
-from pipelines.build import build_dataset
+from pipelines.build import _execute, build_dataset
 from pipelines.lock import Lock, LockError
 from pipelines.verify import verify_store
 
@@ -122,12 +125,12 @@ def test_bad_sources_leave_no_store(tmp_path, monkeypatch, mnist_dir, empty_lock
     assert list(tmp_path.iterdir()) == [bad]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["SIGTERM", "SIGINT", "SIGKILL"])
 def test_a_killed_build_leaves_the_previous_store_intact(tmp_path, home, empty_lock, sig):
     out = build_dataset("mnist-translated-60", tmp_path / "k.zarr", source="sample", progress=False)
     before = digests(out)
     cmd = [sys.executable, "-m", "pipelines.cli", "build", "mnist-cluttered", "--out", str(out),
-           "--overwrite", "--workers", "1", "--quiet"]
+           "--overwrite", "--workers", "2", "--quiet"]
     proc = subprocess.Popen(cmd, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while not list(tmp_path.glob(".k.zarr.partial-*/train/images/c")) and time.time() < deadline:
@@ -137,7 +140,7 @@ def test_a_killed_build_leaves_the_previous_store_intact(tmp_path, home, empty_l
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert digests(out) == before and verify_store(out)[0] == []
-    if sig == signal.SIGTERM:  # cleaned up on the way out
+    if sig != signal.SIGKILL:  # cleaned up on the way out, after the worker threads have stopped
         assert not list(tmp_path.glob(".k.zarr.partial-*"))
     # the next build of this target removes a killed build's debris
     build_dataset("mnist-translated-60", out, source="sample", overwrite=True, limit=5, progress=False)
@@ -151,3 +154,22 @@ def test_verify_catches_a_recipe_that_does_not_match_its_digest(tmp_path, empty_
     store.finalize(out, attrs)
     problems, _ = verify_store(out)
     assert problems == ["recipe: the recorded recipe does not match the recorded recipe digest"]
+
+
+def test_a_failed_build_returns_only_after_its_worker_threads_stop():
+    """The caller removes the partial store on failure: no chunk may still be in flight then."""
+    finished = threading.Event()
+
+    def slow_chunk():
+        time.sleep(0.5)
+        finished.set()
+        return ("train", 0, 0, {})
+
+    def broken_chunk():
+        time.sleep(0.05)
+        raise OSError("disk full")
+
+    tasks = [dask.delayed(slow_chunk, pure=False)(), dask.delayed(broken_chunk, pure=False)()]
+    with pytest.raises(OSError, match="disk full"):
+        _execute(tasks, workers=2, scheduler=None, bar=tqdm(disable=True))
+    assert finished.is_set()
