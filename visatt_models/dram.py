@@ -109,7 +109,11 @@ class DRAMConfig:
 class ConvGlimpseNetwork(layers.Layer):
     """DRAM's glimpse network (Sec. 3.1): the retina's S patches stacked as channels
     (B, g, g, S C) through the convs and a ReLU FC ("what"), times a ReLU FC of the location
-    ("where"): g_t = what * where, (B, glimpse_size)."""
+    ("where"): g_t = what * where, (B, glimpse_size).
+
+    "where" starts with biases of 1, i.e. as a pass-through (where = ReLU(W l + 1) ~ 1 near the
+    centre): with zero biases the product is ~0 for locations near (0, 0), where every glimpse
+    path starts, and the first run learnt nothing in an epoch (digits at chance)."""
 
     def __init__(self, patch_size, scales, filters, kernels, units, seed=0, **kwargs):
         super().__init__(**kwargs)
@@ -119,7 +123,8 @@ class ConvGlimpseNetwork(layers.Layer):
         self.convs = conv_stack(filters, kernels, seed + 20, "glimpse", pool=False)
         self.flatten = layers.Flatten()
         self.fc_what = seeded_dense(units, seed + 30, "relu", name="fc_what")
-        self.fc_where = seeded_dense(units, seed + 31, "relu", name="fc_where")
+        self.fc_where = layers.Dense(units, activation="relu", name="fc_where", bias_initializer="ones",
+                                     kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 31))
 
     def call(self, x, l_t):
         patches = self.retina(x, l_t)  # (B, S, g, g, C)

@@ -59,6 +59,18 @@ def test_emissions_and_steps():
         DRAM(TINY, SequenceTask(head="length"))
 
 
+def test_where_starts_as_a_pass_through_of_what():
+    """g_t = what * where must not vanish at the centre, where glimpse paths start."""
+    images, _ = sequences()
+    model = DRAM(TINY, SequenceTask())
+    model(images)
+    net = model.glimpse_network
+    x = keras.ops.cast(images, "float32") / 255.0
+    centre = np.zeros((8, 2), np.float32)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(net.fc_where(centre)), 1.0)
+    assert np.abs(keras.ops.convert_to_numpy(net(x, centre))).mean() > 0.1 * np.abs(keras.ops.convert_to_numpy(net(x, centre + 0.5))).mean()
+
+
 def test_the_context_steers_the_first_glimpse_but_cannot_classify():
     images, _ = sequences()
     model = DRAM(TINY, SequenceTask())
