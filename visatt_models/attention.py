@@ -53,17 +53,24 @@ class LocationNetwork(layers.Layer):
     """Location network f_l(h; theta_l) and its Gaussian policy (RAM Sec. 3.1, 4.1; DRAM's
     emission network):
 
-        mu_t  = Linear(h_t)                       (B, 2), linear as in the papers
+        mu_t  = Linear(h_t)                       (B, 2), linear as in the papers,
+                or tanh(Linear(h_t))              (`mean="tanh"`: bounded, as the Torch reference's
+                                                  HardTanh and kevinzakka's tanh)
         l_t   = mu_t + std * eps,  eps ~ N(0, I)   (B, 2), a constant for autodiff
         log_pi = log N(l_t; mu_t, std^2 I)         (B,)
 
     The sample is stop-gradient'ed: a classification loss cannot reach theta_l through l_t, only
     REINFORCE (through log_pi) trains this network. `detach=True` also stops that gradient at
     h_t. The returned location is clipped to [-clip, clip]; log_pi is that of the unclipped sample.
+    A linear mean pushed past the clip gets no gradient back from the glimpses it no longer
+    changes; a tanh mean stays inside (-1, 1), so the policy can always come back.
     """
 
-    def __init__(self, std, clip=1.0, detach=False, seed=0, **kwargs):
+    def __init__(self, std, clip=1.0, detach=False, seed=0, mean="linear", **kwargs):
         super().__init__(**kwargs)
+        if mean not in ("linear", "tanh"):
+            raise ValueError(f"the location mean is 'linear' or 'tanh', not {mean!r}")
+        self.mean = mean
         self.std = std
         self.clip = clip
         self.detach = detach
@@ -81,6 +88,8 @@ class LocationNetwork(layers.Layer):
         if self.detach:
             h_t = ops.stop_gradient(h_t)
         mu = self.fc(h_t)  # (B, 2)
+        if self.mean == "tanh":
+            mu = ops.tanh(mu)
         sample = ops.stop_gradient(mu + self.std * noise if action is None else ops.cast(action, mu.dtype))  # (B, 2)
         z = (sample - mu) / self.std
         log_pi = ops.sum(-0.5 * z * z - math.log(self.std) - 0.5 * math.log(2 * math.pi), axis=-1)
@@ -89,7 +98,7 @@ class LocationNetwork(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "std": self.std, "clip": self.clip,
-                "detach": self.detach, "seed": self.seed}
+                "detach": self.detach, "seed": self.seed, "mean": self.mean}
 
 
 @keras.saving.register_keras_serializable(package="visatt")

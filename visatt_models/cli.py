@@ -65,7 +65,17 @@ class CropType(click.ParamType):
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=_DEFAULTS.lr, show_default=True, help="Learning rate.")
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=_DEFAULTS.optimizer, show_default=True)
 @click.option("--momentum", type=float, default=_DEFAULTS.momentum, show_default=True, help="SGD momentum.")
-@click.option("--clipnorm", type=click.FloatRange(0, min_open=True), default=None, help="Clip each gradient to this norm.")
+@click.option("--clipnorm", type=click.FloatRange(0, min_open=True), default=None, help="Clip each variable's gradient to this norm.")
+@click.option("--global-clipnorm", type=click.FloatRange(0, min_open=True), default=None,
+              help="Scale all gradients together to at most this global norm (excludes --clipnorm).")
+@click.option("--schedule", type=click.Choice(["constant", "cosine", "step"]), default=_DEFAULTS.schedule, show_default=True,
+              help="Learning rate per step: constant; cosine (warm-up from 0 over --warmup-epochs, then a cosine down to "
+                   "--final-lr-fraction x lr at the last epoch; raising --epochs on --resume re-plans it over the new "
+                   "total); step (lr x --step-factor every --step-epochs epochs).")
+@click.option("--warmup-epochs", type=click.FloatRange(0), default=_DEFAULTS.warmup_epochs, show_default=True, help="Cosine warm-up length (may be fractional).")
+@click.option("--final-lr-fraction", type=click.FloatRange(0, 1), default=_DEFAULTS.final_lr_fraction, show_default=True, help="Cosine: the last step's lr as a fraction of --lr.")
+@click.option("--step-epochs", type=click.IntRange(1), default=_DEFAULTS.step_epochs, show_default=True, help="Step schedule: epochs between decays.")
+@click.option("--step-factor", type=click.FloatRange(0, 1, min_open=True), default=_DEFAULTS.step_factor, show_default=True, help="Step schedule: lr factor per decay.")
 @click.option("--seed", type=click.IntRange(0), default=_DEFAULTS.seed, show_default=True, help="Run seed: weights, data order, sampling.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N samples of each split (quick runs).")
 @click.option("--mc", "mc_samples", type=click.IntRange(0), default=_DEFAULTS.mc_samples, show_default=True, help="Stochastic models (RAM, DRAM): Monte-Carlo location samples at test time (0: none).")

@@ -34,6 +34,13 @@ class TrainConfig:
     crop: (h, w): train on random h x w crops of the store's images, drawn per (seed, epoch,
         sample index), and evaluate on the centre crop (Goodfellow et al. 2013: 54x54 of 64x64);
         None: whole images.
+    schedule: the learning rate per optimizer step (`train.make_schedule`):
+        constant  `lr` throughout;
+        cosine    linear warm-up from 0 over `warmup_epochs`, then a cosine from `lr` down to
+                  `final_lr_fraction * lr` at the last step of `epochs` (Loshchilov & Hutter);
+        step      `lr * step_factor ** floor(epoch / step_epochs)`, changing at epoch boundaries.
+    clipnorm: clip each variable's gradient to this norm; global_clipnorm: scale all gradients
+        together so that their global norm is at most this (exclusive with clipnorm).
     """
 
     epochs: int = 10
@@ -47,8 +54,29 @@ class TrainConfig:
     mc_samples: int = 10
     memory_limit: int = DEFAULT_MEMORY_LIMIT
     crop: tuple[int, int] | None = None
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    warmup_epochs: float = 0.0  # cosine only
+    final_lr_fraction: float = 0.0  # cosine only
+    step_epochs: int = 10  # step only
+    step_factor: float = 0.1  # step only
+    global_clipnorm: float | None = None
 
     def __post_init__(self):
+        if self.schedule not in ("constant", "cosine", "step"):
+            raise ValueError(f"schedule must be constant, cosine or step, got {self.schedule!r}")
+        if self.warmup_epochs < 0 or not 0 <= self.final_lr_fraction <= 1:
+            raise ValueError("warmup_epochs must be >= 0 and final_lr_fraction in [0, 1]")
+        if self.schedule != "cosine" and (self.warmup_epochs or self.final_lr_fraction):
+            raise ValueError("warm-up and a final lr fraction belong to the cosine schedule (--schedule cosine)")
+        if self.schedule == "cosine" and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"the warm-up ({self.warmup_epochs} epochs) must end before the run does ({self.epochs} epochs)")
+        if self.step_epochs < 1 or not 0 < self.step_factor <= 1:
+            raise ValueError("step_epochs must be >= 1 and step_factor in (0, 1]")
+        if self.clipnorm is not None and self.global_clipnorm is not None:
+            raise ValueError("clipnorm (per variable) and global_clipnorm exclude each other")
+        for name in ("clipnorm", "global_clipnorm"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
         if self.crop is not None:
             object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
             if len(self.crop) != 2 or min(self.crop) < 1:

@@ -43,6 +43,7 @@ left-to-right one in `visatt-eval --backward` (`evaluate.combine_forward_backwar
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import keras
 from keras import layers, ops
@@ -81,6 +82,7 @@ class DRAMConfig:
     context_kernels: tuple[int, ...] = (5, 3, 3)
     std: float = 0.11
     location_clip: float = 1.0
+    location_mean: Literal["linear", "tanh"] = "linear"  # tanh: bounded, can come back from the clip
     detach_policy_gradient: bool = False  # True: REINFORCE trains only the emission network
     ce_weight: float = 1.0
     reinforce_weight: float = 0.05
@@ -103,6 +105,8 @@ class DRAMConfig:
                              f"max-pools (needs >= {2 ** len(self.context_filters)})")
         if not self.std > 0:
             raise ValueError(f"std must be > 0, got {self.std}")
+        if self.location_mean not in ("linear", "tanh"):
+            raise ValueError(f"location_mean must be 'linear' or 'tanh', got {self.location_mean!r}")
 
 
 @keras.saving.register_keras_serializable(package="visatt")
@@ -198,7 +202,7 @@ class DRAM(AttentionModel):
         self.r2 = layers.LSTMCell(units, kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 62),
                                   recurrent_initializer=keras.initializers.Orthogonal(seed=seed + 63), name="r2")
         self.emission_network = LocationNetwork(config.std, config.location_clip, config.detach_policy_gradient,
-                                                seed=seed, name="emission_network")
+                                                seed=seed, mean=config.location_mean, name="emission_network")
         self.baseline_network = BaselineNetwork(seed=seed, name="baseline_network")
         self.classifier_hidden = seeded_dense(config.classifier_hidden, seed + 70, "relu", name="classifier_hidden")
         self.classifier = seeded_dense(self.classes, seed + 71, name="classifier")

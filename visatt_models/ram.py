@@ -53,8 +53,9 @@ class RAMConfig:
     `std` is the fixed standard deviation of the Gaussian location policy, in units of
     half the image size (l in [-1, 1]). The paper does not report it. 0.17 is ~8.5 px on a
     100x100 canvas (~2.4 px on 28x28); public re-implementations use 0.05
-    (kevinzakka/recurrent-visual-attention, config.py) to 0.11 (Torch rnn's rmva example,
-    `--locatorStd`), on smaller images. `location_clip` clips the sampled location to
+    (kevinzakka/recurrent-visual-attention, config.py) to 0.22 (Torch rnn's rmva example: its
+    `--locatorStd` 0.11 goes into `ReinforceNormal(2 * locatorStd)`, i.e. 0.22 in [-1, 1] units),
+    on smaller images. `location_clip` clips the sampled location to
     [-clip, clip] before the glimpse; log pi is that of the unclipped sample.
     """
 
@@ -68,6 +69,7 @@ class RAMConfig:
     core_size: int = 256  # h_t
     std: float = 0.17
     location_clip: float = 1.0
+    location_mean: Literal["linear", "tanh"] = "linear"  # tanh: bounded, can come back from the clip
     # False: the REINFORCE gradient flows through the location network into the core and the
     # glimpse network, as in the paper. True: it stops at h_t (only f_l learns from it).
     detach_policy_gradient: bool = False
@@ -85,6 +87,8 @@ class RAMConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.std > 0:
             raise ValueError(f"std must be > 0, got {self.std}")
+        if self.location_mean not in ("linear", "tanh"):
+            raise ValueError(f"location_mean must be 'linear' or 'tanh', got {self.location_mean!r}")
 
 
 @keras.saving.register_keras_serializable(package="visatt")
@@ -214,7 +218,7 @@ class RAM(AttentionModel):
                                         name="core_network")
         self.location_network = LocationNetwork(
             config.std, config.location_clip, config.detach_policy_gradient, seed=seed,
-            name="location_network")
+            mean=config.location_mean, name="location_network")
         self.action_network = TaskHead(self.task, seed=seed + 8, name="action_network")  # f_a
         self.baseline_network = BaselineNetwork(seed=seed, name="baseline_network")
 

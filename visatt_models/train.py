@@ -130,32 +130,55 @@ def _train_config(base: TrainConfig, options: dict) -> TrainConfig:
 # ---------------------------------------------------------------- training
 
 
-def make_optimizer(train: TrainConfig):
+def make_schedule(train: TrainConfig, steps_per_epoch: int):
+    """The learning rate of `train.schedule` (TrainConfig) as a Keras schedule of the optimizer's
+    step, planned over `train.epochs` epochs of `steps_per_epoch` steps; a float when constant."""
+    if train.schedule == "constant":
+        return train.lr
+    if train.schedule == "step":
+        return keras.optimizers.schedules.ExponentialDecay(
+            train.lr, decay_steps=train.step_epochs * steps_per_epoch, decay_rate=train.step_factor, staircase=True)
+    warmup = round(train.warmup_epochs * steps_per_epoch)
+    decay = max(1, train.epochs * steps_per_epoch - warmup)
+    if warmup == 0:
+        return keras.optimizers.schedules.CosineDecay(train.lr, decay, alpha=train.final_lr_fraction)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay, alpha=train.final_lr_fraction, warmup_target=train.lr,
+                                                  warmup_steps=warmup)
+
+
+def make_optimizer(train: TrainConfig, steps_per_epoch: int):
+    lr = make_schedule(train, steps_per_epoch)
+    clip = {"clipnorm": train.clipnorm, "global_clipnorm": train.global_clipnorm}
     if train.optimizer == "adam":
-        return keras.optimizers.Adam(train.lr, clipnorm=train.clipnorm)
-    return keras.optimizers.SGD(train.lr, momentum=train.momentum, clipnorm=train.clipnorm)
+        return keras.optimizers.Adam(lr, **clip)
+    return keras.optimizers.SGD(lr, momentum=train.momentum, **clip)
 
 
 def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "new", plots: bool = True, verbose: int = 2) -> dict:
     """Train (or continue) the run `spec` in folder `out`, evaluate on test, return metrics.json."""
     folder = RunFolder(out)
     started = time.time()
-    state = folder.prepare(spec, mode)
     t = spec.train
     info = open_store(spec.store)
     check_same_data(spec.data, info)
     splits = {name: Split(info, name, limit=t.limit, memory_limit=t.memory_limit) for name in ("train", "val", "test")}
     if len(splits["train"]) == 0 or len(splits["val"]) == 0:
         raise RunError(f"{info.path}: the train and val splits must not be empty ({len(splits['train'])}, {len(splits['val'])} samples)")
+    steps_per_epoch = len(splits["train"]) // t.batch_size  # Batches(drop_remainder=True) below
+    if steps_per_epoch == 0:
+        raise RunError(f"{info.path}: the train split ({len(splits['train'])} samples) is smaller than one batch ({t.batch_size})")
+    state = folder.prepare(spec, mode)  # after the checks: a run that cannot start leaves no folder
 
     keras.utils.set_random_seed(t.seed)  # weight initialisers without their own seed
     if state is None:
         state = new_state()
         model = spec.build_model()
-        model.compile(optimizer=make_optimizer(t), loss=None)
+        model.compile(optimizer=make_optimizer(t, steps_per_epoch), loss=None)
     else:
         registry.get_model_spec(spec.model)  # imports the model's module: load_model needs its classes registered
         model = keras.models.load_model(folder.path / state["last_checkpoint"])
+        if t.schedule != "constant":  # the same schedule, or re-planned over raised epochs
+            model.optimizer.learning_rate = make_schedule(t, steps_per_epoch)
     done = state["epochs_completed"]
     folder.start_session(state, keras.backend.backend())
 

@@ -256,3 +256,23 @@ def test_tuned_presets_differ_from_the_paper_only_in_core_and_policy_weight(name
     assert (config.glimpses, config.patch_size, config.scales) == (paper.glimpses, paper.patch_size, paper.scales)
     out = RAM(config)(np.zeros((2, size, size, 1), np.uint8))
     assert tuple(out["logits"].shape) == (2, 10)
+
+
+def test_a_tanh_location_mean_stays_inside_and_still_learns(batch):
+    images, labels = batch
+    model = RAM(dataclasses.replace(TINY, location_mean="tanh", ce_weight=0.0, baseline_weight=0.0))
+    out = model(images * 0 + 255, deterministic=True)
+    layer = model.location_network
+    layer.fc.kernel.assign(np.full(layer.fc.kernel.shape, 50.0, "float32"))  # a linear mean far past the clip
+    means = np.asarray(model(images, deterministic=True)["means"])
+    linear = RAM(dataclasses.replace(model.config, location_mean="linear"))
+    linear(images)
+    linear.set_weights(model.get_weights())
+    assert np.abs(np.asarray(linear(images, deterministic=True)["means"])).max() > 5
+    assert np.all(np.abs(means) <= 1) and np.abs(means).max() > 0.99
+    before = weights_of(layer)
+    fit_one_step(model, images, labels)
+    assert changed(before, weights_of(layer))
+    assert out["means"].shape == (8, TINY.glimpses, 2)
+    with pytest.raises(ValueError, match="location_mean"):
+        RAMConfig(location_mean="sigmoid")

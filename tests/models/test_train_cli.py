@@ -3,6 +3,9 @@
 import csv
 import json
 import math
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -115,6 +118,39 @@ def test_resume_continues_exactly(cnn_run, store, tmp_path):
     assert load_run_spec(out).train.epochs == 3
     refused = run(train_main, ["--out", out, "--resume", "--set", "dense=32"], ok=False)
     assert refused.exit_code == 1 and "changes the recorded model config" in refused.output
+
+
+@pytest.mark.single_backend  # 1 min; the schedule is Keras', the resume machinery is tested on both backends
+def test_resume_mid_schedule_gives_the_learning_rates_of_an_uninterrupted_run(store, tmp_path):
+    """A cosine run with warm-up, killed mid-run and resumed, logs what the uninterrupted run
+    logs; raising --epochs later re-plans the cosine over the new total."""
+    schedule = ["--schedule", "cosine", "--warmup-epochs", 1, "--final-lr-fraction", 0.5, "--global-clipnorm", 1.0,
+                "--limit", 48, "--lr", 0.01, "--no-plots", "--epochs", 3, *CNN, "--batch-size", 1]  # 48 steps/epoch
+    run(train_main, ["--store", store, "--out", tmp_path / "straight", *schedule])
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-c", "from visatt_models.cli import train_main; train_main()",
+           *map(str, ["--store", store, "--out", killed, *schedule])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    state = killed / "state.json"
+    while time.time() < deadline and proc.poll() is None and not (
+            state.exists() and json.loads(state.read_text())["epochs_completed"] >= 1):
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    completed = json.loads(state.read_text())["epochs_completed"]
+    assert 1 <= completed < 3  # killed mid-schedule
+    run(train_main, ["--out", killed, "--resume", "--verbose", 0])
+    straight, resumed = read_log(tmp_path / "straight" / "log.csv"), read_log(killed / "log.csv")
+    timing = {"train_images_per_s", "epoch_seconds"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in straight] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in resumed]
+    # the lr logged after epoch e is the schedule's at step 48 e: warm-up in epoch 1, then the cosine
+    cosine = lambda done, total: 0.01 * (0.5 + 0.5 * 0.5 * (1 + math.cos(math.pi * done / total)))
+    assert [float(r["lr"]) for r in resumed] == pytest.approx([cosine(0, 2), cosine(1, 2), cosine(2, 2)], rel=1e-5)
+    run(train_main, ["--out", killed, "--resume", "--epochs", 5, "--verbose", 0])
+    assert float(read_log(killed / "log.csv")[3]["lr"]) == pytest.approx(cosine(3, 4), rel=1e-5)
+    assert load_run_spec(killed).train.global_clipnorm == 1.0
 
 
 def test_the_trainer_installs_no_per_batch_callback():
