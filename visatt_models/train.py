@@ -154,8 +154,14 @@ def make_optimizer(train: TrainConfig, steps_per_epoch: int):
     return keras.optimizers.SGD(lr, momentum=train.momentum, **clip)
 
 
-def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "new", plots: bool = True, verbose: int = 2) -> dict:
-    """Train (or continue) the run `spec` in folder `out`, evaluate on test, return metrics.json."""
+def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "new", plots: bool = True, verbose: int = 2,
+          time_limit_s: float | None = None) -> dict:
+    """Train (or continue) the run `spec` in folder `out`, evaluate on test, return metrics.json.
+
+    `time_limit_s`: end this session after the last epoch expected to finish within this many
+    seconds of training (judged by the epochs so far); the best checkpoint is then tested as
+    usual (metrics.json says `epochs_completed`) and `--resume` continues the run. Not part of
+    the run: a run stopped early and resumed equals an uninterrupted one."""
     folder = RunFolder(out)
     started = time.time()
     t = spec.train
@@ -186,7 +192,7 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
         train_batches = Batches(splits["train"], t.batch_size, shuffle=True, seed=t.seed, epoch=done,
                                 drop_remainder=True, crop=t.crop, random_crop=True, endless=True)
         val_batches = Batches(splits["val"], t.batch_size, shuffle=False, crop=t.crop)
-        recorder = RunRecorder(folder, train_batches, state, started, model.task.selection_metric)
+        recorder = RunRecorder(folder, train_batches, state, started, model.task.selection_metric, time_limit_s)
         model.fit(train_batches, validation_data=val_batches, epochs=t.epochs, initial_epoch=done,
                   steps_per_epoch=len(train_batches), shuffle=False, callbacks=[recorder], verbose=verbose)
         recorder.close()
@@ -217,11 +223,16 @@ class RunRecorder(keras.callbacks.Callback):
     for the asynchronous (JAX) work to finish.
     """
 
-    def __init__(self, folder: RunFolder, train_batches: Batches, state: dict, started: float, selection: str):
+    def __init__(self, folder: RunFolder, train_batches: Batches, state: dict, started: float, selection: str,
+                 time_limit_s: float | None = None):
         super().__init__()
         self.folder, self.batches, self.state, self.started, self.selection = folder, train_batches, state, started, selection
         self.writer = TensorBoardWriter(folder.path / TENSORBOARD, keras.backend.backend())
         self.train_end = None
+        self.time_limit_s, self.session_start, self.longest_epoch = time_limit_s, None, 0.0
+
+    def on_train_begin(self, logs=None):
+        self.session_start = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
@@ -242,6 +253,10 @@ class RunRecorder(keras.callbacks.Callback):
         wall = self.state["wall_time_s"] + time.time() - self.started
         self.folder.commit_epoch(self.model, self.state, row, self.selection, wall)
         self.writer.scalars(row["epoch"], row)
+        self.longest_epoch = max(self.longest_epoch, time.perf_counter() - self.epoch_start)
+        if self.time_limit_s is not None and \
+                time.perf_counter() - self.session_start + self.longest_epoch > self.time_limit_s:
+            self.model.stop_training = True  # the next epoch would overrun: --resume continues
 
     def close(self):
         self.writer.close()

@@ -153,6 +153,15 @@ def test_resume_mid_schedule_gives_the_learning_rates_of_an_uninterrupted_run(st
     assert load_run_spec(killed).train.global_clipnorm == 1.0
 
 
+def test_a_time_limit_ends_the_session_after_an_epoch_and_resume_finishes_the_run(store, tmp_path):
+    out = tmp_path / "limited"
+    run(train_main, ["--store", store, "--out", out, "--epochs", 3, "--limit", 48, "--no-plots", "--time-limit", 1e-6, *CNN])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["epochs_completed"], metrics["epochs"]) == (1, 3) and 0 <= metrics["test_accuracy"] <= 1
+    run(train_main, ["--out", out, "--resume", "--verbose", 0])
+    assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 3
+
+
 def test_the_trainer_installs_no_per_batch_callback():
     """A callback overriding on_(train_)batch_end makes Keras sync with the device after every step."""
     from visatt_models.train import RunRecorder
