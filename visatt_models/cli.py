@@ -90,13 +90,15 @@ class CropType(click.ParamType):
 @click.option("--time-limit", "time_limit_min", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop after the last epoch expected to end within this many minutes, test the best checkpoint, "
                    "and leave the rest to --resume (not part of the run's definition).")
+@click.option("--devices", type=click.IntRange(1), default=None,
+              help="JAX: split each batch over this many devices (data parallel; default: all present).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last completed epoch.")
 @click.option("--overwrite", is_flag=True, help="Delete the run in --out and start a new one.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNGs into the run folder.")
 @click.option("--verbose", type=click.IntRange(0, 2), default=2, show_default=True, help="Keras fit verbosity (2: a line per epoch).")
 @click.pass_context
 def train_main(ctx, store, out, model, preset, overrides, head, reverse, resume, overwrite, plots, verbose, memory_limit_mb,
-               time_limit_min, **options):
+               time_limit_min, devices, **options):
     """Train a model on a store's train split, keep the best val checkpoint, test it once.
 
     The store decides the task: one digit per image, or a sequence of up to 5 digits (svhn,
@@ -128,7 +130,8 @@ def train_main(ctx, store, out, model, preset, overrides, head, reverse, resume,
                 memory_limit=memory_limit_mb * 2**20, **options
             )
         metrics = training.train(spec, out, mode="resume" if resume else "overwrite" if overwrite else "new", plots=plots,
-                                 verbose=verbose, time_limit_s=None if time_limit_min is None else 60 * time_limit_min)
+                                 verbose=verbose, time_limit_s=None if time_limit_min is None else 60 * time_limit_min,
+                                 devices=devices)
     except (ConfigError, StoreError, training.RunError) as e:
         _fail(e)
     summary = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "train_images_per_s"}

@@ -136,13 +136,13 @@ class RunFolder:
         write_json(out / RUN_FILE, spec.to_json())
         return None
 
-    def start_session(self, state: dict, backend: str) -> None:
+    def start_session(self, state: dict, backend: str, devices: int = 1) -> None:
         """Drop what an interrupted epoch left behind and record the new session."""
         self.remove_unreferenced_checkpoints(state)
         self.truncate_log(state["epochs_completed"])
         # Each session's first epoch includes compilation; its backend may differ (a .keras
         # checkpoint resumes on either).
-        state["sessions"].append({"backend": backend, "first_epoch": state["epochs_completed"] + 1})
+        state["sessions"].append({"backend": backend, "devices": devices, "first_epoch": state["epochs_completed"] + 1})
 
     def commit_epoch(self, model, state: dict, row: dict, selection: str, wall_time_s: float) -> None:
         """Write the epoch's checkpoints, log row and TensorBoard scalars, then state.json.

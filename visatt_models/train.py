@@ -154,14 +154,43 @@ def make_optimizer(train: TrainConfig, steps_per_epoch: int):
     return keras.optimizers.SGD(lr, momentum=train.momentum, **clip)
 
 
+_initialized: list = []
+
+
+def data_parallel(devices: int | None, batch_size: int) -> int:
+    """Split each batch over `devices` accelerators (None: all that are present) with Keras'
+    `DataParallel` distribution (JAX): variables replicated, batches sharded along samples, the
+    gradients all-reduced; the same global batch gives the same loss as one device. Returns the
+    number of devices used. On several hosts (KERAS_DISTRIBUTION_JOB_ADDRESSES,
+    KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID set on each), it first
+    calls `keras.distribution.initialize()`, and the devices of all hosts form the mesh.
+    Multi-host is the Keras API's behaviour, not tested here."""
+    if keras.backend.backend() != "jax":
+        if devices not in (None, 1):
+            raise RunError(f"--devices {devices} needs the JAX backend (KERAS_BACKEND=jax)")
+        return 1
+    if int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1")) > 1 and not _initialized:
+        keras.distribution.initialize()  # several hosts: reads KERAS_DISTRIBUTION_* (README, "On a GPU")
+        _initialized.append(True)
+    present = keras.distribution.list_devices()
+    n = len(present) if devices is None else devices
+    if n > len(present):
+        raise RunError(f"--devices {n}: only {len(present)} device(s) present ({', '.join(present)})")
+    if batch_size % n:
+        raise RunError(f"--batch-size {batch_size} does not split over {n} devices")
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=present[:n]) if n > 1 else None)
+    return n
+
+
 def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "new", plots: bool = True, verbose: int = 2,
-          time_limit_s: float | None = None) -> dict:
+          time_limit_s: float | None = None, devices: int | None = None) -> dict:
     """Train (or continue) the run `spec` in folder `out`, evaluate on test, return metrics.json.
 
     `time_limit_s`: end this session after the last epoch expected to finish within this many
     seconds of training (judged by the epochs so far); the best checkpoint is then tested as
     usual (metrics.json says `epochs_completed`) and `--resume` continues the run. Not part of
-    the run: a run stopped early and resumed equals an uninterrupted one."""
+    the run: a run stopped early and resumed equals an uninterrupted one.
+    `devices`: data-parallel training over this many devices (`data_parallel`)."""
     folder = RunFolder(out)
     started = time.time()
     t = spec.train
@@ -173,6 +202,7 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
     steps_per_epoch = len(splits["train"]) // t.batch_size  # Batches(drop_remainder=True) below
     if steps_per_epoch == 0:
         raise RunError(f"{info.path}: the train split ({len(splits['train'])} samples) is smaller than one batch ({t.batch_size})")
+    used = data_parallel(devices, t.batch_size)
     state = folder.prepare(spec, mode)  # after the checks: a run that cannot start leaves no folder
 
     keras.utils.set_random_seed(t.seed)  # weight initialisers without their own seed
@@ -186,7 +216,7 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
         if t.schedule != "constant":  # the same schedule, or re-planned over raised epochs
             model.optimizer.learning_rate = make_schedule(t, steps_per_epoch)
     done = state["epochs_completed"]
-    folder.start_session(state, keras.backend.backend())
+    folder.start_session(state, keras.backend.backend(), used)
 
     if done < t.epochs:
         train_batches = Batches(splits["train"], t.batch_size, shuffle=True, seed=t.seed, epoch=done,

@@ -58,7 +58,7 @@ def test_metrics_json_reports_the_run(cnn_run, store):
     assert metrics["seed"] == 0 and metrics["epochs"] == metrics["epochs_completed"] == 3
     assert metrics["split_sizes"] == {"train": 48, "val": 48, "test": 48} and metrics["test_samples"] == 48
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_error"] == pytest.approx(1 - metrics["test_accuracy"])
-    assert len(metrics["train_images_per_s_per_epoch"]) == 3 and metrics["sessions"] == [{"backend": keras.backend.backend(), "first_epoch": 1}]
+    assert len(metrics["train_images_per_s_per_epoch"]) == 3 and metrics["sessions"] == [{"backend": keras.backend.backend(), "devices": 1, "first_epoch": 1}]
     assert metrics["train_images_per_s"] == np.median(metrics["train_images_per_s_per_epoch"][1:]) > 0  # epoch 1 compiles
     assert metrics["backend"] == keras.backend.backend() and metrics["wall_time_s"] > 0
     assert {"hostname", "platform", "cpu_count", "python", "keras", "devices"} <= set(metrics["machine"])

@@ -1,0 +1,17 @@
+#!/bin/bash
+# The command of one GPU session (the device tool's `run`), from the repository root:
+#
+#   run(command="bash benchmarks/gpu/device.sh", carry=[".whl", ".data/mnist"], timeout_s=570)
+#   run(command="bash benchmarks/gpu/device.sh --throughput --train-min 7", ...)   # training only
+#
+# Prepare on the CPU first (README, "On a GPU"):
+#   .venv/bin/python benchmarks/gpu/make_wheels.py                 # .whl/: Keras, zarr, dask, ...
+#   mkdir -p .data/mnist && cp ../shared/sources/mnist/*.gz .data/mnist/
+#   KERAS_BACKEND=jax .venv/bin/python benchmarks/gpu/run.py --smoke --out /tmp/gpu-smoke
+#
+# Arguments go to run.py. It writes $OUT/summary.json, $OUT/results.tar.gz and $OUT/log.txt.
+set -o pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/log.txt"
+python3 benchmarks/gpu/run.py --mnist .data/mnist --out "$OUT" "$@" 2>&1 | tee -a "$OUT/log.txt"

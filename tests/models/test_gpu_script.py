@@ -1,0 +1,40 @@
+"""The prepared GPU session (benchmarks/gpu/) runs end to end, tiny, on the CPU under JAX."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.single_backend  # it runs JAX itself, as the GPU machine does
+def test_the_gpu_script_smoke_run_writes_its_summary_and_run_folders(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "benchmarks/gpu/run.py"), "--smoke", "--out", str(out),
+           "--stores", str(tmp_path / "stores"), "--runs", str(tmp_path / "runs"),
+           "--only", "stn-seq", "--throughput", "RAM visatt-60"]
+    done = subprocess.run(cmd, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"] == "jax" and summary["smoke"] is True
+    assert [t["label"] for t in summary["throughput"]] == ["RAM visatt-60"]
+    assert summary["throughput"][0]["images_per_s"] > 0
+    assert [r["name"] for r in summary["runs"]] == ["stn-seq"]
+    assert "test_sequence_accuracy" in summary["runs"][0] and summary["runs"][0]["epochs_completed"] == 1
+    with tarfile.open(out / "results.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"stn-seq/metrics.json", "stn-seq/log.csv", "stn-seq/run.json"} <= names
+    assert not any("checkpoints" in n for n in names)
+
+
+def test_the_wheel_list_holds_what_the_gpu_machine_lacks_and_nothing_it_has():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu/make_wheels.py"), "--dry-run"],
+                          capture_output=True, text=True, check=True)
+    names = {line.split("==")[0] for line in done.stdout.split()}
+    assert {"keras", "zarr", "numcodecs", "dask", "optree"} <= names
+    assert not names & {"numpy", "jax", "h5py", "pillow", "click", "tqdm", "scipy"}
