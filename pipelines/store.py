@@ -25,6 +25,7 @@ CHUNK = 1000  # samples per chunk, per build task and per digest block
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle")  # ~22x on cluttered MNIST
 ATTRS_KEY = "visatt"
 _PARTIAL = ".partial-"
+_OLD = "-old"  # suffix of the replaced store while the new one moves into place
 
 
 class StoreError(Exception):
@@ -75,13 +76,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _remove(path: Path) -> None:
+    """Remove a folder tree or a file (a replaced `--out` may have been either)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def remove_stale_partials(target: Path) -> list[Path]:
-    """Remove debris of builds of `target` that were killed (their process no longer exists)."""
+    """Clean up after builds of `target` that were killed (their process no longer exists).
+
+    A build replaces a store in two renames: the old store aside (`PARTIAL-old`), then the new
+    one into place. Killed between them, the target is missing and the old copy is put back
+    (the new one, whose build never reported success, is discarded). Anything else such a build
+    left (its partial folder, an old copy whose replacement is in place) is removed.
+    """
     removed = []
+    stale = []
     for p in target.parent.glob(f".{target.name}{_PARTIAL}*"):
         pid = p.name.rsplit(_PARTIAL, 1)[1].split("-")[0]
         if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
+            stale.append(p)
+    for p in stale:
+        if p.name.endswith(_OLD) and not os.path.lexists(target):
+            os.rename(p, target)  # put the previous store back
+    for p in stale:
+        if os.path.lexists(p):
+            _remove(p)
             removed.append(p)
     return removed
 
@@ -94,19 +116,20 @@ def atomic_store(target: Path, *, overwrite: bool):
     `target` is left exactly as it was.
     """
     target = Path(target)
-    if target.exists() and not overwrite:
+    if target.parent.exists():
+        remove_stale_partials(target)  # first: it may put back a store that a killed build had moved aside
+    if os.path.lexists(target) and not overwrite:
         raise StoreError(f"{target}: already exists (use --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(target)
     partial = partial_path(target)
     partial.mkdir()
     try:
         yield partial
-        if target.exists():
-            old = partial.with_name(partial.name + "-old")
-            os.rename(target, old)
-            os.rename(partial, target)
-            shutil.rmtree(old, ignore_errors=True)
+        if os.path.lexists(target):
+            old = partial.with_name(partial.name + _OLD)
+            os.rename(target, old)  # killed from here ...
+            os.rename(partial, target)  # ... to here, the next build puts `old` back (remove_stale_partials)
+            _remove(old)
         else:
             os.rename(partial, target)
     finally:
@@ -153,6 +176,8 @@ def finalize(path: Path, attrs: dict) -> None:
 
 def open_store(path: Path) -> zarr.Group:
     path = Path(path)
+    if not path.exists() and path.parent.exists():
+        remove_stale_partials(path)  # a build killed while replacing it: its previous copy goes back
     if not path.exists():
         raise StoreError(f"{path}: no such store")
     try:

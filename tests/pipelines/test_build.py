@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,3 +174,45 @@ def test_a_failed_build_returns_only_after_its_worker_threads_stop():
     with pytest.raises(OSError, match="disk full"):
         _execute(tasks, workers=2, scheduler=None, bar=tqdm(disable=True))
     assert finished.is_set()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("step", ["before the first rename", "between the renames", "after the renames",
+                                  "while removing the old copy"])
+def test_a_replace_killed_at_any_step_keeps_a_good_store(tmp_path, empty_lock, step):
+    """The on-disk state a build killed at each step of the replace leaves (old store aside as
+    PARTIAL-old, new store as PARTIAL, target), then the next open and the next build."""
+    target = tmp_path / "t.zarr"
+    old = build_dataset("mnist-translated-60", tmp_path / "old.zarr", source="sample", limit=10, progress=False)
+    new = build_dataset("mnist-translated-60", tmp_path / "new.zarr", source="sample", limit=20, progress=False)
+    partial = tmp_path / f".t.zarr.partial-{_dead_pid()}-0123abcd"
+    aside = partial.with_name(partial.name + "-old")
+    if step == "before the first rename":
+        old.rename(target), new.rename(partial)
+        expected = 10
+    elif step == "between the renames":
+        old.rename(aside), new.rename(partial)
+        expected = 10  # the previous store goes back; the unconfirmed new one is dropped
+    else:
+        old.rename(aside), new.rename(target)
+        if step == "while removing the old copy":
+            shutil.rmtree(aside / "train")
+        expected = 20
+    assert store.store_attrs(target)["limit"] == expected  # opening it recovers it
+    assert verify_store(target)[0] == []
+    with pytest.raises(store.StoreError, match="already exists"):  # and a build still asks for --overwrite
+        build_dataset("mnist-translated-60", target, source="sample", limit=5, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "datasets.lock") == ["t.zarr"]
+
+
+def test_overwriting_a_file_leaves_no_hidden_copy(tmp_path, empty_lock):
+    target = tmp_path / "t.zarr"
+    target.write_text("not a store")
+    build_dataset("mnist-translated-60", target, source="sample", limit=5, overwrite=True, progress=False)
+    assert verify_store(target)[0] == []
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "datasets.lock") == ["t.zarr"]
