@@ -33,6 +33,7 @@ import keras
 import numpy as np
 import zarr
 
+from pipelines import store as store_lib
 from visatt_models.config import DEFAULT_MEMORY_LIMIT
 
 ATTRS_KEY = "visatt"
@@ -142,7 +143,34 @@ class Split:
         # Streaming keeps two windows (the current one and the next) within the memory limit.
         self.window_chunks = self.num_chunks if self.in_memory else max(1, memory_limit // (2 * self.chunk * self.sample_bytes))
         if self.in_memory:
-            self._cache = (np.asarray(self._images[: self.size]), np.asarray(self._labels[: self.size]))
+            self._cache = (self._read_zarr("images", 0, self.size), self._read_zarr("labels", 0, self.size))
+        self._verify()
+
+    def _verify(self) -> None:
+        """Refuse data that differs from the digests the builder recorded (a deleted chunk that
+        zarr would read as zeros, a flipped byte, an edited label): the digest of each array is
+        recomputed from the bytes held in memory when the whole split is, else in one pass over
+        the store, chunk by chunk (`pipelines.store.array_digest`)."""
+        for name, array, cached in (("images", self._images, 0), ("labels", self._labels, 1)):
+            key = f"{self.name}/{name}"
+            want = self.info.digests.get(key)
+            if want is None:
+                raise StoreError(f"{self.info.path}: no recorded digest for {key}, so its content cannot be checked")
+            whole = self.in_memory and self.size == array.shape[0]
+            try:
+                got = store_lib.array_digest(self._cache[cached] if whole else array)
+            except Exception as e:  # a chunk that does not decode
+                raise StoreError(f"{self.info.path}: {key} is unreadable ({_first_line(e)})") from None
+            if got != want:
+                raise StoreError(f"{self.info.path}: {key} does not match its recorded digest (a damaged or edited "
+                                 f"store; `visatt-data verify {self.info.path}` names what differs)")
+
+    def _read_zarr(self, name: str, start: int, stop: int) -> np.ndarray:
+        array = self._images if name == "images" else self._labels
+        try:
+            return np.asarray(array[start:stop])
+        except Exception as e:  # a chunk that does not decode
+            raise StoreError(f"{self.info.path}: {self.name}/{name} is unreadable ({_first_line(e)})") from None
 
     def __len__(self) -> int:
         return self.size
@@ -171,7 +199,12 @@ class Split:
     def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         if self.in_memory:
             return self._cache[0][start:stop], self._cache[1][start:stop]
-        return np.asarray(self._images[start:stop]), np.asarray(self._labels[start:stop])
+        return self._read_zarr("images", start, stop), self._read_zarr("labels", start, stop)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 class Batches(keras.utils.PyDataset):

@@ -150,3 +150,37 @@ def test_evaluation_crops_the_centre(store):
     np.testing.assert_array_equal(batch, images[50:100, 4:24, 1:26])
     with pytest.raises(ValueError, match="crop 30x20 does not fit the 28x28 images"):
         Batches(split, 50, shuffle=False, crop=(30, 20))
+
+
+def _first_chunk(path, array):
+    return sorted(f for f in (path / array / "c").rglob("*") if f.is_file())[0]
+
+
+def _delete_a_chunk(path):
+    _first_chunk(path, "train/images").unlink()  # zarr would read it as zeros
+
+
+def _flip_a_byte(path):
+    chunk = _first_chunk(path, "train/images")
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+
+
+def _edit_a_label(path):
+    labels = zarr.open_array(store=str(path / "train" / "labels"), mode="r+")
+    labels[0] = (int(labels[0]) + 1) % 10
+
+
+@pytest.mark.parametrize("damage", [_delete_a_chunk, _flip_a_byte, _edit_a_label])
+@pytest.mark.parametrize("read", ["in memory", "limited", "streamed"])
+def test_a_damaged_store_is_refused_whichever_way_it_is_read(store, tmp_path, damage, read):
+    import shutil
+
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(store, damaged)
+    damage(damaged)
+    options = {"in memory": {}, "limited": {"limit": 10}, "streamed": {"memory_limit": 100_000}}[read]
+    with pytest.raises(StoreError, match=r"damaged\.zarr: train/(images|labels) (does not match its recorded digest|is unreadable)"):
+        Split(open_store(damaged), "train", **options)
+    Split(open_store(damaged), "val")  # the other splits are intact

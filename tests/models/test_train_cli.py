@@ -162,6 +162,20 @@ def test_a_time_limit_ends_the_session_after_an_epoch_and_resume_finishes_the_ru
     assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 3
 
 
+def test_training_refuses_a_damaged_store_in_one_line_and_starts_no_run(store, tmp_path):
+    import shutil
+
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(store, damaged)
+    chunk = sorted(f for f in (damaged / "train" / "images" / "c").rglob("*") if f.is_file())[0]
+    chunk.unlink()  # zarr would read zeros
+    result = run(train_main, ["--store", damaged, "--out", tmp_path / "r", *CNN], ok=False)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert "train/images does not match its recorded digest" in result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_the_trainer_installs_no_per_batch_callback():
     """A callback overriding on_(train_)batch_end makes Keras sync with the device after every step."""
     from visatt_models.train import RunRecorder
