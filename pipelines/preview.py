@@ -20,11 +20,11 @@ def store_info(path: Path) -> dict:
     splits = {}
     for split_name, group in sorted(root.groups(), key=lambda g: _SPLIT_ORDER.get(g[0], 99)):
         arrays = {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in sorted(group.arrays())}
-        labels = np.asarray(group["labels"][:])
+        labels = store.read(path, group, "labels")
         counts = np.bincount(labels.ravel(), minlength=BLANK + 1)[:BLANK]  # blanks are not digits
         entry = {"arrays": arrays, "samples": int(labels.shape[0]), "label_histogram": counts.tolist()}
         if "lengths" in group:
-            lengths = np.asarray(group["lengths"][:])
+            lengths = store.read(path, group, "lengths")
             entry["length_histogram"] = np.bincount(lengths).tolist()
         splits[split_name] = entry
     return {"path": str(path), "attributes": attrs, "splits": splits}
@@ -62,9 +62,9 @@ def preview(path: Path, out: Path, *, split: str = "test", count: int = 16, colu
         raise store.StoreError(f"{path}: no split {split!r} (has {', '.join(sorted(n for n, _ in root.groups()))})")
     group = root[split]
     count = min(count, group["images"].shape[0])
-    images = np.asarray(group["images"][:count])  # (n, H, W, C)
-    labels = np.asarray(group["labels"][:count]).reshape(count, -1)  # (n, L)
-    boxes = np.asarray(group["boxes"][:count]).reshape(count, -1, 4)  # (n, L, 4)
+    images = store.read(path, group, "images", slice(count))  # (n, H, W, C)
+    labels = store.read(path, group, "labels", slice(count)).reshape(count, -1)  # (n, L)
+    boxes = store.read(path, group, "boxes", slice(count)).reshape(count, -1, 4)  # (n, L, 4)
     n, h, w, c = images.shape
     caption = 14
     rows = -(-n // columns)

@@ -19,6 +19,8 @@ def verify_store(path: Path, lock_path=None) -> tuple[list[str], list[str]]:
             problems.append(f"{key}: array in the store but not in its attributes")
         elif key not in actual:
             problems.append(f"{key}: listed in the attributes but missing from the store")
+        elif actual[key].startswith("error: "):
+            problems.append(f"{key}: unreadable ({actual[key].removeprefix('error: ')})")
         else:
             problems.append(f"{key}: content digest {actual[key][:23]}... differs from recorded {recorded[key][:23]}...")
     if recipe_digest(attrs.get("recipe") or {}) != attrs.get("recipe_digest"):

@@ -216,3 +216,20 @@ def test_overwriting_a_file_leaves_no_hidden_copy(tmp_path, empty_lock):
     build_dataset("mnist-translated-60", target, source="sample", limit=5, overwrite=True, progress=False)
     assert verify_store(target)[0] == []
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "datasets.lock") == ["t.zarr"]
+
+
+def test_verify_reads_each_array_s_own_metadata_not_only_the_consolidated_copy(tmp_path, empty_lock):
+    out = build_dataset("mnist-translated-60", tmp_path / "m.zarr", source="sample", limit=10, progress=False)
+    meta = out / "train" / "images" / "zarr.json"
+    meta.write_bytes(meta.read_bytes()[: len(meta.read_bytes()) // 2])  # truncated
+    problems, _ = verify_store(out)
+    assert len(problems) == 1 and problems[0].startswith("train/images: unreadable (metadata train/images/zarr.json: ")
+
+
+def test_verify_names_an_undecodable_chunk_in_whole_words(tmp_path, empty_lock):
+    out = build_dataset("mnist-translated-60", tmp_path / "m.zarr", source="sample", limit=10, progress=False)
+    chunk = sorted(f for f in (out / "train" / "images" / "c").rglob("*") if f.is_file())[0]
+    chunk.write_bytes(b"\x02\x01" + b"\xff" * 14 + chunk.read_bytes()[16:])  # a broken blosc header
+    problems, _ = verify_store(out)
+    assert len(problems) == 1 and problems[0].startswith("train/images: ")
+    assert "..." not in problems[0] or "differs" in problems[0]

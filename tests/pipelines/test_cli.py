@@ -77,3 +77,16 @@ def test_verify_and_info_refuse_what_is_not_a_store(run, tmp_path):
 def test_every_command_explains_itself(run, command):
     text = run(command, "--help").output
     assert "Usage:" in text and len(text.splitlines()) > 4
+
+
+def test_info_preview_and_verify_name_an_undecodable_chunk_in_one_line(run, tmp_path):
+    out = tmp_path / "m.zarr"
+    run("build", "mnist-translated-60", "--out", out, "--source", "sample", "--limit", 10, "--quiet")
+    for array in ("train/images", "train/labels"):
+        chunk = sorted(f for f in (out / array / "c").rglob("*") if f.is_file())[0]
+        chunk.write_bytes(b"\x02\x01" + b"\xff" * 14 + chunk.read_bytes()[16:])  # a broken blosc header
+    for args, array in ((("info", out), "train/labels"), (("preview", out, "--split", "train"), "train/images")):
+        text = run(*args, code=1).output
+        assert text.startswith(f"Error: {out}: {array} is unreadable (") and text.count("\n") == 1
+    text = run("verify", out, code=1).output
+    assert "train/images: unreadable (" in text and "train/labels: unreadable (" in text
