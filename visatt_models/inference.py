@@ -22,7 +22,7 @@ from PIL import Image
 from pipelines import svhn
 from visatt_models.data import crop_images
 from visatt_models.evaluate import mc_log_probs, predictions
-from visatt_models.runs import RunError, RunFolder
+from visatt_models.runs import RunError, RunFolder, load_weights_checked
 from visatt_models.tasks import decode_numpy
 
 
@@ -43,7 +43,7 @@ def load_run(run_dir, *, checkpoint: str = "best"):
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     keras.utils.set_random_seed(spec.train.seed)
     model = spec.build_model()
-    model.load_weights(folder.path / state[f"{checkpoint}_checkpoint"])
+    load_weights_checked(model, folder.path / state[f"{checkpoint}_checkpoint"])
     model.run_spec = spec
     return model
 

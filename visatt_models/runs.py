@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -164,13 +165,14 @@ class RunFolder:
             _atomic(model.save_weights, self.path / state["best_checkpoint"])
         append_log(self.path / LOG_FILE, row)
         state["epochs_completed"] = n
+        state["previous_checkpoint"] = state.get("last_checkpoint")  # kept: resume falls back to it
         state["last_checkpoint"] = last
         state["train_images_per_s"].append(row["train_images_per_s"])
         write_json(self.path / STATE_FILE, {**state, "wall_time_s": wall_time_s})
         self.remove_unreferenced_checkpoints(state)
 
     def remove_unreferenced_checkpoints(self, state: dict) -> None:
-        keep = {state.get("last_checkpoint"), state.get("best_checkpoint")}
+        keep = {state.get("last_checkpoint"), state.get("previous_checkpoint"), state.get("best_checkpoint")}
         folder = self.path / CHECKPOINTS
         if folder.exists():
             for f in folder.iterdir():
@@ -188,6 +190,51 @@ class RunFolder:
         if len(kept) != len(rows):
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerows(kept)
+
+
+def load_resumable(folder: RunFolder, state: dict):
+    """The model of the last checkpoint (model, optimizer and generator states) and the state
+    to resume from. A last checkpoint that does not load (truncated, emptied, missing) is
+    reported on stderr and the run falls back to the epoch before it, whose checkpoint is kept
+    for this: the state, log and speeds are cut back to that epoch, which is then trained again
+    (the same batches and draws: the result is the same). Without an intact one: RunError."""
+    import keras
+
+    last = state.get("last_checkpoint")
+    try:
+        return keras.models.load_model(folder.path / last), state
+    except Exception as e:
+        problem = f"{folder.path / last}: unreadable checkpoint ({_first_line(e)})"
+    previous = state.get("previous_checkpoint")
+    if not previous or not (folder.path / previous).exists():
+        raise RunError(f"{problem}, and no earlier epoch's checkpoint to fall back to; start again with --overwrite")
+    try:
+        model = keras.models.load_model(folder.path / previous)
+    except Exception as e:
+        raise RunError(f"{problem}, and {folder.path / previous} does not load either ({_first_line(e)})") from None
+    epochs = state["epochs_completed"] - 1
+    print(f"Warning: {problem}; resuming from epoch {epochs}", file=sys.stderr)
+    state = {**state, "epochs_completed": epochs, "last_checkpoint": previous, "previous_checkpoint": None,
+             "train_images_per_s": state["train_images_per_s"][:epochs]}
+    if state.get("best_epoch") is not None and state["best_epoch"] > epochs:  # epoch n is trained again
+        state.update(best_epoch=None, best_val=None, best_checkpoint=None)
+    folder.truncate_log(epochs)
+    return model, state
+
+
+def load_weights_checked(model, path: Path) -> None:
+    """`model.load_weights(path)`, with a one-line RunError naming a missing or damaged file."""
+    if not Path(path).exists():
+        raise RunError(f"{path}: checkpoint missing")
+    try:
+        model.load_weights(path)
+    except Exception as e:
+        raise RunError(f"{path}: unreadable checkpoint ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _atomic(save, path: Path) -> None:

@@ -45,6 +45,8 @@ from visatt_models.runs import (
     RunFolder,
     RunSpec,
     TensorBoardWriter,
+    load_resumable,
+    load_weights_checked,
     new_state,
     write_json,
 )
@@ -212,7 +214,7 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
         model.compile(optimizer=make_optimizer(t, steps_per_epoch), loss=None)
     else:
         registry.get_model_spec(spec.model)  # imports the model's module: load_model needs its classes registered
-        model = keras.models.load_model(folder.path / state["last_checkpoint"])
+        model, state = load_resumable(folder, state)
         if t.schedule != "constant":  # the same schedule, or re-planned over raised epochs
             model.optimizer.learning_rate = make_schedule(t, steps_per_epoch)
     done = state["epochs_completed"]
@@ -230,7 +232,7 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
         return json.loads((folder.path / METRICS_FILE).read_text())  # complete: nothing to do
 
     best = spec.build_model()
-    best.load_weights(folder.path / state["best_checkpoint"])
+    load_weights_checked(best, folder.path / state["best_checkpoint"])
     result = evaluate(best, splits["test"], batch_size=t.batch_size, mc_samples=t.mc_samples, crop=t.crop)
     state["wall_time_s"] += time.time() - started
     metrics = _metrics(spec, info, splits, state, result, best.task.selection_metric)
@@ -391,7 +393,7 @@ def evaluate_run(out, *, store=None, mc_samples: int | None = None, limit: int |
     keras.utils.set_random_seed(t.seed)
     model = spec.build_model()
     checkpoint = state["best_checkpoint"]
-    model.load_weights(folder.path / checkpoint)
+    load_weights_checked(model, folder.path / checkpoint)
     split = Split(info, "test", limit=limit, memory_limit=t.memory_limit)
     mc = t.mc_samples if mc_samples is None else mc_samples
     result = evaluate(model, split, batch_size=batch_size or t.batch_size, mc_samples=mc, crop=t.crop)
@@ -422,7 +424,7 @@ def _forward_backward(forward, spec: RunSpec, backward_dir, split: Split, batch_
     if not other.task.get("reverse") or spec.task.get("reverse"):
         raise RunError(f"{backward_dir}: --backward takes a right-to-left run (visatt-train --reverse) of a left-to-right one")
     backward = other.build_model()
-    backward.load_weights(folder.path / state["best_checkpoint"])
+    load_weights_checked(backward, folder.path / state["best_checkpoint"])
     try:
         result = evaluate_forward_backward(forward, backward, split, batch_size=batch_size, mc_samples=mc_samples, crop=spec.train.crop)
     except ValueError as e:

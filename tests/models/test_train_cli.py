@@ -176,6 +176,28 @@ def test_training_refuses_a_damaged_store_in_one_line_and_starts_no_run(store, t
     assert not (tmp_path / "r").exists()
 
 
+def test_resume_falls_back_past_a_truncated_last_checkpoint_and_eval_names_a_damaged_best(cnn_run, store, tmp_path):
+    out = tmp_path / "r"
+    run(train_main, ["--store", store, "--out", out, "--epochs", 2, "--limit", 48, *CNN])
+    state = json.loads((out / "state.json").read_text())
+    last = out / state["last_checkpoint"]
+    last.write_bytes(last.read_bytes()[:100])  # truncated
+    result = run(train_main, ["--out", out, "--resume", "--epochs", 3, "--verbose", 0])
+    assert f"{last}: unreadable checkpoint" in result.output and "resuming from epoch 1" in result.output
+    timing = {"train_images_per_s", "epoch_seconds"}
+    straight, resumed = read_log(cnn_run / "log.csv"), read_log(out / "log.csv")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in straight] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in resumed]
+    best = out / json.loads((out / "state.json").read_text())["best_checkpoint"]
+    best.write_bytes(b"")
+    refused = run(eval_main, ["--run", out], ok=False)
+    assert refused.exit_code == 1 and refused.output == f"Error: {best}: unreadable checkpoint" + refused.output.split("unreadable checkpoint", 1)[1]
+    assert refused.output.count("\n") == 1
+    best.unlink()
+    refused = run(eval_main, ["--run", out], ok=False)
+    assert refused.output == f"Error: {best}: checkpoint missing\n"
+
+
 def test_the_trainer_installs_no_per_batch_callback():
     """A callback overriding on_(train_)batch_end makes Keras sync with the device after every step."""
     from visatt_models.train import RunRecorder
