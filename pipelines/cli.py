@@ -26,6 +26,12 @@ from pipelines.verify import verify_store
 _ERRORS = (sources.SourceError, svhn.SvhnError, ArchiveError, StoreError, LockError, BuildError, ValueError, KeyError)
 
 
+def os_error_line(e: OSError) -> str:
+    """'PATH: reason' for an OSError (a full disk, a read-only file system, a file in the way)."""
+    where = e.filename if e.filename is not None else ""
+    return f"{where}: {e.strerror or e}" if where else str(e.strerror or e)
+
+
 def _one_line_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -34,6 +40,8 @@ def _one_line_errors(fn):
         except _ERRORS as e:
             message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             raise click.ClickException(str(message).splitlines()[0]) from None
+        except OSError as e:  # a full disk, a read-only or special file system, a file in the way
+            raise click.ClickException(os_error_line(e)) from None
 
     return wrapper
 

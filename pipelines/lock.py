@@ -51,8 +51,12 @@ class Lock:
                 self.data = json.loads(self.path.read_text())
             except (OSError, json.JSONDecodeError) as e:
                 raise LockError(f"{self.path}: unreadable lock file ({e})") from None
+            if not isinstance(self.data, dict):
+                raise LockError(f"{self.path}: not a visatt lock file (a JSON {type(self.data).__name__}, not an object)")
             if self.data.get("format") != FORMAT:
                 raise LockError(f"{self.path}: lock format {self.data.get('format')!r}, expected {FORMAT}")
+            if not isinstance(self.data.get("datasets"), dict):
+                raise LockError(f"{self.path}: not a visatt lock file (no 'datasets' object)")
 
     def entry(self, name: str, version: str, source: str) -> dict | None:
         return self.data["datasets"].get(name, {}).get(version, {}).get(source)

@@ -34,7 +34,11 @@ def _given(ctx: click.Context, names) -> dict:
 
 
 def _fail(e: Exception):
-    raise click.ClickException(str(e)) from None
+    if isinstance(e, OSError):
+        from pipelines.cli import os_error_line
+
+        raise click.ClickException(os_error_line(e)) from None
+    raise click.ClickException(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
 
 
 class CropType(click.ParamType):
@@ -132,7 +136,7 @@ def train_main(ctx, store, out, model, preset, overrides, head, reverse, resume,
         metrics = training.train(spec, out, mode="resume" if resume else "overwrite" if overwrite else "new", plots=plots,
                                  verbose=verbose, time_limit_s=None if time_limit_min is None else 60 * time_limit_min,
                                  devices=devices)
-    except (ConfigError, StoreError, training.RunError) as e:
+    except (ConfigError, StoreError, training.RunError, OSError) as e:
         _fail(e)
     summary = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "train_images_per_s"}
     click.echo(json.dumps(summary))
@@ -162,7 +166,7 @@ def eval_main(run_dir, store, mc_samples, limit, batch_size, force, backward):
     try:
         result = training.evaluate_run(run_dir, store=store, mc_samples=mc_samples, limit=limit, force=force,
                                        batch_size=batch_size, backward=backward)
-    except (ConfigError, StoreError, training.RunError) as e:
+    except (ConfigError, StoreError, training.RunError, OSError) as e:
         _fail(e)
     click.echo(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
 
@@ -184,7 +188,7 @@ def predict_main(run_dir, images, mc_samples, checkpoint, as_json):
 
     try:
         predicted = inference.predict(run_dir, list(images), mc_samples=mc_samples, checkpoint=checkpoint)
-    except (ConfigError, RunError) as e:
+    except (ConfigError, RunError, OSError) as e:
         _fail(e)
     if as_json:
         click.echo(json.dumps(dict(zip(images, predicted)), indent=2))

@@ -198,6 +198,12 @@ def test_resume_falls_back_past_a_truncated_last_checkpoint_and_eval_names_a_dam
     assert refused.output == f"Error: {best}: checkpoint missing\n"
 
 
+def test_a_run_folder_that_cannot_be_made_is_a_one_line_error(store, tmp_path):
+    (tmp_path / "file").write_text("in the way")
+    result = run(train_main, ["--store", store, "--out", tmp_path / "file" / "run", *CNN], ok=False)
+    assert result.exit_code == 1 and result.output == f"Error: {tmp_path / 'file' / 'run'}: Not a directory\n"
+
+
 def test_the_trainer_installs_no_per_batch_callback():
     """A callback overriding on_(train_)batch_end makes Keras sync with the device after every step."""
     from visatt_models.train import RunRecorder

@@ -90,3 +90,18 @@ def test_info_preview_and_verify_name_an_undecodable_chunk_in_one_line(run, tmp_
         assert text.startswith(f"Error: {out}: {array} is unreadable (") and text.count("\n") == 1
     text = run("verify", out, code=1).output
     assert "train/images: unreadable (" in text and "train/labels: unreadable (" in text
+
+
+@pytest.mark.parametrize("content, reason", [("[]", "not a visatt lock file"), ('{"format": 1}', "not a visatt lock file")])
+def test_a_malformed_lock_is_a_one_line_error(run, tmp_path, content, reason):
+    lock = tmp_path / "bad.lock"
+    lock.write_text(content)
+    text = run("list", "--lock", lock, code=1).output
+    assert text == f"Error: {lock}: {reason}" + text.split(reason, 1)[1] and text.count("\n") == 1
+
+
+def test_an_out_that_cannot_be_written_is_a_one_line_error(run, tmp_path):
+    (tmp_path / "file").write_text("in the way")
+    for out, reason in ((tmp_path / "file" / "x.zarr", ": File exists"), ("/proc/x.zarr", "No such file or directory")):
+        text = run("build", "mnist-translated-60", "--source", "sample", "--limit", 5, "--out", out, "--quiet", code=1).output
+        assert text.startswith("Error: ") and reason in text and text.count("\n") == 1
