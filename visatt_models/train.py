@@ -201,9 +201,7 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
     splits = {name: Split(info, name, limit=t.limit, memory_limit=t.memory_limit) for name in ("train", "val", "test")}
     if len(splits["train"]) == 0 or len(splits["val"]) == 0:
         raise RunError(f"{info.path}: the train and val splits must not be empty ({len(splits['train'])}, {len(splits['val'])} samples)")
-    steps_per_epoch = len(splits["train"]) // t.batch_size  # Batches(drop_remainder=True) below
-    if steps_per_epoch == 0:
-        raise RunError(f"{info.path}: the train split ({len(splits['train'])} samples) is smaller than one batch ({t.batch_size})")
+    steps_per_epoch = max(1, len(splits["train"]) // t.batch_size)  # as Batches(drop_remainder=True) below
     used = data_parallel(devices, t.batch_size)
     state = folder.prepare(spec, mode)  # after the checks: a run that cannot start leaves no folder
 

@@ -25,9 +25,9 @@ SCRIPT = textwrap.dedent("""
     from visatt_models.cli import train_main
     assert len(keras.distribution.list_devices()) == 2
     for n in ("1", "2"):
-        run(train_main, ["--store", sys.argv[2], "--out", f"{sys.argv[3]}/devices-{n}", "--devices", n, "--epochs", 2,
+        run(train_main, ["--store", sys.argv[2], "--out", f"{sys.argv[3]}/devices-{n}", "--devices", n, "--epochs", 1,
                          "--limit", 64, "--batch-size", 16, "--model", "ram", "--set", "glimpses=2", "--set", "core_size=16",
-                         "--mc", 2, "--no-plots", "--verbose", 0])
+                         "--mc", 0, "--no-plots", "--verbose", 0])
 """)
 
 
@@ -44,7 +44,7 @@ def test_two_devices_give_the_losses_of_one_on_the_same_global_batch(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = read_log(tmp_path / "devices-1" / "log.csv"), read_log(tmp_path / "devices-2" / "log.csv")
-    assert len(one) == len(two) == 2
+    assert len(one) == len(two) == 1
     for a, b in zip(one, two):
         for key in a:
             if key not in ("train_images_per_s", "epoch_seconds"):

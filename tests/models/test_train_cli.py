@@ -85,7 +85,8 @@ def test_log_tensorboard_checkpoints_and_pngs(cnn_run):
     assert all(math.isfinite(float(row["loss"])) for row in log)
     assert list((cnn_run / "tensorboard").glob("events.out.tfevents.*"))
     checkpoints = sorted(p.name for p in (cnn_run / "checkpoints").iterdir())
-    assert "last-epoch-0003.keras" in checkpoints and len(checkpoints) <= 2
+    # the last epoch's, the one before it (the fallback of --resume) and the best one, no more
+    assert "last-epoch-0003.keras" in checkpoints and "last-epoch-0002.keras" in checkpoints and len(checkpoints) <= 3
     with Image.open(cnn_run / "learning_curves.png") as png:
         assert png.format == "PNG" and png.size[0] > 100
         assert len(png.convert("RGB").getcolors(1 << 16)) > 2  # something was drawn
