@@ -53,6 +53,7 @@ def test_two_devices_give_the_losses_of_one_on_the_same_global_batch(tmp_path):
     assert sessions[0]["devices"] == 2
 
 
+@pytest.mark.single_backend
 def test_more_devices_than_present_is_a_one_line_error(tmp_path):
     store = tiny_store(tmp_path / "s.zarr", limit=32, canvas=40)
     result = run(train_main, ["--store", store, "--out", tmp_path / "r", "--devices", 64, "--batch-size", 16, "--verbose", 0], ok=False)

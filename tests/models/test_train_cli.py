@@ -154,6 +154,7 @@ def test_resume_mid_schedule_gives_the_learning_rates_of_an_uninterrupted_run(st
     assert load_run_spec(killed).train.global_clipnorm == 1.0
 
 
+@pytest.mark.single_backend  # run-folder and CLI logic; the JAX pass checks resume exactness
 def test_a_time_limit_ends_the_session_after_an_epoch_and_resume_finishes_the_run(store, tmp_path):
     out = tmp_path / "limited"
     run(train_main, ["--store", store, "--out", out, "--epochs", 3, "--limit", 48, "--no-plots", "--time-limit", 1e-6, *CNN])
@@ -163,6 +164,7 @@ def test_a_time_limit_ends_the_session_after_an_epoch_and_resume_finishes_the_ru
     assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 3
 
 
+@pytest.mark.single_backend  # run-folder and CLI logic; the JAX pass checks resume exactness
 def test_training_refuses_a_damaged_store_in_one_line_and_starts_no_run(store, tmp_path):
     import shutil
 
@@ -177,6 +179,7 @@ def test_training_refuses_a_damaged_store_in_one_line_and_starts_no_run(store, t
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.single_backend  # run-folder and CLI logic; the JAX pass checks resume exactness
 def test_resume_falls_back_past_a_truncated_last_checkpoint_and_eval_names_a_damaged_best(cnn_run, store, tmp_path):
     out = tmp_path / "r"
     run(train_main, ["--store", store, "--out", out, "--epochs", 2, "--limit", 48, *CNN])
@@ -199,6 +202,7 @@ def test_resume_falls_back_past_a_truncated_last_checkpoint_and_eval_names_a_dam
     assert refused.output == f"Error: {best}: checkpoint missing\n"
 
 
+@pytest.mark.single_backend  # run-folder and CLI logic; the JAX pass checks resume exactness
 def test_a_run_folder_that_cannot_be_made_is_a_one_line_error(store, tmp_path):
     (tmp_path / "file").write_text("in the way")
     result = run(train_main, ["--store", store, "--out", tmp_path / "file" / "run", *CNN], ok=False)
