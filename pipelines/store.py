@@ -209,12 +209,12 @@ def recompute_digests(path: Path) -> dict[str, str]:
                     warnings.simplefilter("ignore")
                     array = zarr.open_array(store=str(path), path=key, mode="r", zarr_format=3)
             except Exception as e:
-                out[key] = f"error: metadata {key}/zarr.json: {_first_line(e)}"
+                out[key] = f"error: metadata {key}/zarr.json: {first_line(e)}"
                 continue
             try:
                 out[key] = array_digest(array)
             except Exception as e:  # a corrupt chunk may fail to decompress
-                out[key] = f"error: {_first_line(e)}"
+                out[key] = f"error: {first_line(e)}"
     return out
 
 
@@ -223,10 +223,11 @@ def read(path: Path, group, key: str, selection=slice(None)) -> np.ndarray:
     try:
         return np.asarray(group[key][selection])
     except Exception as e:
-        raise StoreError(f"{path}: {group.basename}/{key} is unreadable ({_first_line(e)}); "
+        raise StoreError(f"{path}: {group.basename}/{key} is unreadable ({first_line(e)}); "
                          f"`visatt-data verify` checks the whole store") from None
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
+    """'Type: first line of the message', for one-line errors."""
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

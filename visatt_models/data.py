@@ -160,7 +160,7 @@ class Split:
             try:
                 got = store_lib.array_digest(self._cache[cached] if whole else array)
             except Exception as e:  # a chunk that does not decode
-                raise StoreError(f"{self.info.path}: {key} is unreadable ({_first_line(e)})") from None
+                raise StoreError(f"{self.info.path}: {key} is unreadable ({store_lib.first_line(e)})") from None
             if got != want:
                 raise StoreError(f"{self.info.path}: {key} does not match its recorded digest (a damaged or edited "
                                  f"store; `visatt-data verify {self.info.path}` names what differs)")
@@ -170,7 +170,7 @@ class Split:
         try:
             return np.asarray(array[start:stop])
         except Exception as e:  # a chunk that does not decode
-            raise StoreError(f"{self.info.path}: {self.name}/{name} is unreadable ({_first_line(e)})") from None
+            raise StoreError(f"{self.info.path}: {self.name}/{name} is unreadable ({store_lib.first_line(e)})") from None
 
     def __len__(self) -> int:
         return self.size
@@ -201,10 +201,6 @@ class Split:
             return self._cache[0][start:stop], self._cache[1][start:stop]
         return self._read_zarr("images", start, stop), self._read_zarr("labels", start, stop)
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 class Batches(keras.utils.PyDataset):

@@ -30,6 +30,7 @@ from typing import Literal
 
 import numpy as np
 
+from pipelines.store import first_line
 from visatt_models import config as cfg
 from visatt_models import registry
 from visatt_models.config import TrainConfig
@@ -204,14 +205,14 @@ def load_resumable(folder: RunFolder, state: dict):
     try:
         return keras.models.load_model(folder.path / last), state
     except Exception as e:
-        problem = f"{folder.path / last}: unreadable checkpoint ({_first_line(e)})"
+        problem = f"{folder.path / last}: unreadable checkpoint ({first_line(e)})"
     previous = state.get("previous_checkpoint")
     if not previous or not (folder.path / previous).exists():
         raise RunError(f"{problem}, and no earlier epoch's checkpoint to fall back to; start again with --overwrite")
     try:
         model = keras.models.load_model(folder.path / previous)
     except Exception as e:
-        raise RunError(f"{problem}, and {folder.path / previous} does not load either ({_first_line(e)})") from None
+        raise RunError(f"{problem}, and {folder.path / previous} does not load either ({first_line(e)})") from None
     epochs = state["epochs_completed"] - 1
     print(f"Warning: {problem}; resuming from epoch {epochs}", file=sys.stderr)
     state = {**state, "epochs_completed": epochs, "last_checkpoint": previous, "previous_checkpoint": None,
@@ -229,12 +230,7 @@ def load_weights_checked(model, path: Path) -> None:
     try:
         model.load_weights(path)
     except Exception as e:
-        raise RunError(f"{path}: unreadable checkpoint ({_first_line(e)})") from None
-
-
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+        raise RunError(f"{path}: unreadable checkpoint ({first_line(e)})") from None
 
 
 def _atomic(save, path: Path) -> None:

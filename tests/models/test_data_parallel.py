@@ -26,8 +26,8 @@ SCRIPT = textwrap.dedent("""
     assert len(keras.distribution.list_devices()) == 2
     for n in ("1", "2"):
         run(train_main, ["--store", sys.argv[2], "--out", f"{sys.argv[3]}/devices-{n}", "--devices", n, "--epochs", 1,
-                         "--limit", 64, "--batch-size", 16, "--model", "ram", "--set", "glimpses=2", "--set", "core_size=16",
-                         "--mc", 0, "--no-plots", "--verbose", 0])
+                         "--limit", 64, "--batch-size", 16, "--model", "cnn", "--set", "widths=4,8", "--set", "dense=16",
+                         "--no-plots", "--verbose", 0])  # with dropout: random draws under sharding
 """)
 
 
