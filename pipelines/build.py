@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version as _pkg_version
 from pathlib import Path
@@ -143,6 +144,9 @@ def build_dataset(
     source = plan.recipe.source
     digest = recipe_digest(plan.recipe)
     lock = Lock(lock_path)
+    if not lock.exists:
+        print(f"WARNING: no lock file at {lock.path}: this build cannot be checked against the frozen versions "
+              "and is not frozen (set $VISATT_LOCK or --lock to the project's datasets.lock)", file=sys.stderr)
     locked = lock.entry(name, plan.version, source) if plan.named else None
     if locked is not None and locked["recipe_digest"] != digest:
         raise LockError(

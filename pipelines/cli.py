@@ -14,13 +14,13 @@ from pathlib import Path
 
 import click
 
-from pipelines import sources, svhn
+from pipelines import catalog, sources, svhn
 from pipelines.archive import ArchiveError
 from pipelines.build import BuildError, build_dataset
 from pipelines.datasets import DATASETS, get_dataset
-from pipelines.lock import Lock, LockError
+from pipelines.lock import Lock, LockError, compare
 from pipelines.preview import format_info, preview, store_info
-from pipelines.store import StoreError
+from pipelines.store import StoreError, is_url
 from pipelines.verify import verify_store
 
 _ERRORS = (sources.SourceError, svhn.SvhnError, ArchiveError, StoreError, LockError, BuildError, ValueError, KeyError)
@@ -169,15 +169,23 @@ def build(name, out, source, source_dir, limit, workers, scheduler, overwrite, u
     click.echo(format_info(store_info(out)))
 
 
-@main.command()
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
+LOCATION_HELP = (
+    "LOCATION is a store folder, a packed store file (visatt-data pack), a URL of either "
+    "(http(s)://, s3://, gs:// with the matching extra installed), or NAME[@VERSION][:SOURCE] "
+    "for a store in the local cache (visatt-data get). Only what is needed is read."
+)
+
+
+@main.command(epilog=LOCATION_HELP)
+@click.argument("path", metavar="LOCATION")
 @lock_option
 @_one_line_errors
 def verify(path, lock_path):
-    """Recompute every array digest of the store at PATH and compare with its attributes and the lock.
+    """Recompute every array digest of the store at LOCATION and compare with its attributes and the lock.
 
     Exit 0 only when everything matches; otherwise name each difference and exit 1.
     """
+    path = catalog.resolve(path)
     problems, notes = verify_store(path, lock_path)
     for note in notes:
         click.echo(note)
@@ -188,27 +196,30 @@ def verify(path, lock_path):
     click.echo(f"{path}: OK, every digest matches")
 
 
-@main.command()
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@main.command(epilog=LOCATION_HELP)
+@click.argument("path", metavar="LOCATION")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_one_line_errors
 def info(path, as_json):
     """Show a store's splits, array shapes, label histograms and recipe."""
-    data = store_info(path)
+    data = store_info(catalog.resolve(path))
     click.echo(json.dumps(data, indent=2) if as_json else format_info(data))
 
 
-@main.command(name="preview")
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@main.command(name="preview", epilog=LOCATION_HELP)
+@click.argument("path", metavar="LOCATION")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="PNG to write (default: PATH with suffix -preview.png).")
+              help="PNG to write (default: NAME-preview.png beside a local store, in the current folder otherwise).")
 @click.option("--split", default="test", show_default=True)
 @click.option("--count", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--columns", default=8, show_default=True, type=click.IntRange(1))
 @_one_line_errors
 def preview_cmd(path, out, split, count, columns):
     """Write a PNG grid of samples with their labels and digit boxes."""
-    out = out or path.with_name(path.stem + "-preview.png")
+    path = catalog.resolve(path)
+    if out is None:
+        stem = Path(str(path).rstrip("/")).name.removesuffix(".zip").removesuffix(".zarr")
+        out = Path(path).with_name(stem + "-preview.png") if not is_url(path) else Path(stem + "-preview.png")
     click.echo(preview(path, out, split=split, count=count, columns=columns))
 
 
@@ -216,13 +227,105 @@ def preview_cmd(path, out, split, count, columns):
 @lock_option
 @_one_line_errors
 def list_cmd(lock_path):
-    """List the known datasets and the versions frozen in the lock file."""
+    """List the known datasets, their release notes and the versions frozen in the lock file."""
     lock = Lock(lock_path)
+    if not lock.exists:
+        click.echo(f"(no lock file at {lock.path}: no frozen versions)")
     for name, spec in sorted(DATASETS.items()):
         click.echo(f"{name} {spec.version}: {spec.description}")
+        for version, note in sorted(spec.release_notes.items()):
+            click.echo(f"    {version}: {note}")
         for n, version, source in lock.versions():
             if n == name:
-                click.echo(f"    locked {version} ({source}): {lock.entry(n, version, source)['recipe_digest'][:23]}...")
+                cached = catalog.cached_path(n, version, source)
+                where = f" [cached: {cached}]" if cached.exists() else ""
+                click.echo(f"    locked {version} ({source}): {lock.entry(n, version, source)['recipe_digest'][:23]}...{where}")
+
+
+@main.command()
+@click.argument("name", type=click.Choice(sorted(DATASETS)), metavar="NAME")
+@click.argument("first", metavar="VERSION[:SOURCE]")
+@click.argument("second", metavar="VERSION[:SOURCE]")
+@lock_option
+@_one_line_errors
+def diff(name, first, second, lock_path):
+    """Show what differs between two locked versions (or sources) of NAME: recipe, sources, arrays.
+
+    \b
+    Example: visatt-data diff mnist-cluttered 1.0.0 1.0.0:sample
+    """
+    lock = Lock(lock_path)
+    for line in diff_entries(lock, name, first, second):
+        click.echo(line)
+
+
+def diff_entries(lock: Lock, name: str, first: str, second: str) -> list[str]:
+    entries = []
+    for ref in (first, second):
+        version, _, source = ref.partition(":")
+        source = source or get_dataset(name).family.sources[0]
+        entry = lock.entry(name, version, source)
+        if entry is None:
+            locked = ", ".join(f"{v}:{s}" for n, v, s in lock.versions() if n == name) or "none"
+            raise LockError(f"{lock.path}: no locked {name} {version} ({source}); locked: {locked}")
+        entries.append((f"{version}:{source}", entry))
+    (a_name, a), (b_name, b) = entries
+    lines = [f"{name} {a_name} -> {b_name}"]
+    for key in sorted(a["recipe"].keys() | b["recipe"].keys()):
+        if a["recipe"].get(key) != b["recipe"].get(key):
+            lines.append(f"  recipe {key}: {a['recipe'].get(key)!r} -> {b['recipe'].get(key)!r}")
+    for key in sorted(a["sources"].keys() | b["sources"].keys()):
+        if a["sources"].get(key) != b["sources"].get(key):
+            lines.append(f"  source file {key}: {str(a['sources'].get(key))[:19]} -> {str(b['sources'].get(key))[:19]}")
+    for split in sorted(a["splits"].keys() | b["splits"].keys()):
+        if a["splits"].get(split) != b["splits"].get(split):
+            lines.append(f"  split {split}: {a['splits'].get(split)} -> {b['splits'].get(split)} samples")
+    same = [k for k in sorted(a["digests"]) if a["digests"][k] == b["digests"].get(k)]
+    differ = compare(a["digests"], b["digests"])
+    lines.append(f"  arrays: {len(differ)} differ" + (f" ({', '.join(differ)})" if differ else "")
+                 + f", {len(same)} identical")
+    if len(lines) == 2 and not differ:
+        lines.insert(1, "  identical: same recipe, sources and bytes")
+    return lines
+
+
+@main.command(epilog=LOCATION_HELP)
+@click.argument("path", metavar="LOCATION")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="File (or folder) to write (default: ./NAME-VERSION.zarr.zip).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_one_line_errors
+def pack(path, out, overwrite, quiet):
+    """Pack the store folder at LOCATION into one file to share (a zip store zarr reads directly).
+
+    The packed file holds the same arrays, so `verify` gives the same digests; it is read in
+    place, locally or from a URL (one range request per chunk), and `get` unpacks it into the
+    cache. Packing the same store twice gives the same bytes.
+    """
+    packed = catalog.pack(catalog.resolve(path), out, overwrite=overwrite, progress=not quiet)
+    click.echo(f"{packed}: {packed.stat().st_size / 2**20:.1f} MiB, every digest checked")
+
+
+@main.command(epilog=LOCATION_HELP)
+@click.argument("ref", metavar="NAME[@VERSION][:SOURCE]")
+@click.option("--from", "location", required=True, metavar="LOCATION",
+              help="Where the shared store is: a folder, a packed file, or a URL of either.")
+@click.option("--overwrite", is_flag=True, help="Replace a copy already in the cache.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@lock_option
+@_one_line_errors
+def get(ref, location, overwrite, quiet, lock_path):
+    """Copy a frozen dataset version from LOCATION into the local cache, checking every digest.
+
+    The store must be the locked version NAME@VERSION (default: the current version; SOURCE
+    default: the dataset's first source). Each array is checked against the lock while it is
+    copied; on any difference nothing is left behind. The cached store is then available by
+    name: `visatt-train --store NAME`, `pipelines.load("NAME")`.
+    """
+    _terminate_cleanly()
+    target = catalog.get(ref, location, lock_path=lock_path, overwrite=overwrite, progress=not quiet)
+    click.echo(f"{target}: copied, every digest matches the lock")
 
 
 @main.command()

@@ -36,10 +36,13 @@ def recipe_digest(recipe) -> str:
     return "sha256:" + hashlib.sha256(recipe_json(recipe).encode()).hexdigest()
 
 
+PACKAGED = Path(__file__).resolve().parent / "datasets.lock"  # ships in the wheel; the checkout's root links to it
+
+
 def default_lock_path() -> Path:
-    """`$VISATT_LOCK`, else the `datasets.lock` at the root of this checkout."""
+    """`$VISATT_LOCK`, else the `datasets.lock` inside the package (found from a wheel install too)."""
     env = os.environ.get("VISATT_LOCK")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "datasets.lock"
+    return Path(env) if env else PACKAGED
 
 
 class Lock:
@@ -92,11 +95,16 @@ class Lock:
         self.save()
         return True
 
+    @property
+    def exists(self) -> bool:
+        return self.path.exists()
+
     def save(self) -> None:
         text = json.dumps(self.data, indent=2, sort_keys=True) + "\n"
-        with tempfile.NamedTemporaryFile("w", dir=self.path.parent, prefix=".datasets.lock.", delete=False) as f:
+        target = self.path.resolve()  # the checkout's datasets.lock is a link into the package: keep it one
+        with tempfile.NamedTemporaryFile("w", dir=target.parent, prefix=".datasets.lock.", delete=False) as f:
             f.write(text)
-        os.replace(f.name, self.path)
+        os.replace(f.name, target)
 
 
 def compare(expected: dict[str, str], actual: dict[str, str]) -> list[str]:

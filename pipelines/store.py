@@ -15,11 +15,13 @@ import os
 import shutil
 import uuid
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.storage import LocalStore, ZipStore
 
 CHUNK = 1000  # samples per chunk, per build task and per digest block
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle")  # ~22x on cluttered MNIST
@@ -174,30 +176,74 @@ def finalize(path: Path, attrs: dict) -> None:
         zarr.consolidate_metadata(str(path))
 
 
-def open_store(path: Path) -> zarr.Group:
-    path = Path(path)
-    if not path.exists() and path.parent.exists():
-        remove_stale_partials(path)  # a build killed while replacing it: its previous copy goes back
-    if not path.exists():
-        raise StoreError(f"{path}: no such store")
+def is_url(location) -> bool:
+    """True for 'PROTOCOL://...' locations (http, https, s3, gs, ...), read through fsspec."""
+    return "://" in str(location)
+
+
+def zarr_store(location):
+    """A read-only zarr store for a location: a store folder, a packed store file (a zip, see
+    `visatt-data pack`), or a URL of either that fsspec reaches (http(s)://, s3://, gs://, ...).
+
+    Nothing is downloaded up front: zarr asks for each metadata document and chunk as it needs
+    it (a packed file over a URL is read with HTTP range requests)."""
+    loc = str(location)
+    if is_url(loc):
+        protocol = loc.split("://", 1)[0]
+        try:
+            import fsspec
+            from zarr.storage import FsspecStore
+
+            if loc.rstrip("/").endswith(".zip"):
+                return ZipStore(fsspec.open(loc.rstrip("/"), mode="rb").open(), mode="r")
+            return FsspecStore.from_url(loc.rstrip("/"), read_only=True)
+        except ImportError as e:
+            extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(protocol)
+            hint = f"pip install 'visatt[{extra}]'" if extra else "install the fsspec backend for it"
+            raise StoreError(f"{loc}: reading {protocol}:// locations needs a package that is missing "
+                             f"({first_line(e)}); {hint}") from None
+        except FileNotFoundError:
+            raise StoreError(f"{loc}: no such store") from None
+        except Exception as e:  # connection refused, a server that does not allow range requests, ...
+            raise StoreError(f"{loc}: cannot be read ({first_line(e)})") from None
+    path = Path(loc)
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise StoreError(f"{path}: not a store (a file, but not a packed store: no zip archive)")
+        return ZipStore(path, mode="r")
+    return LocalStore(path, read_only=True)
+
+
+def open_store(location) -> zarr.Group:
+    """The root group of the visatt store at `location` (any place `zarr_store` reads), read-only."""
+    if not is_url(location):
+        path = Path(location)
+        if not path.exists() and path.parent.exists():
+            remove_stale_partials(path)  # a build killed while replacing it: its previous copy goes back
+        if not path.exists():
+            raise StoreError(f"{path}: no such store")
+    zstore = zarr_store(location)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            root = zarr.open_group(store=str(path), mode="r", zarr_format=3, use_consolidated=True)
+            root = zarr.open_group(store=zstore, mode="r", zarr_format=3)
+    except FileNotFoundError:  # zarr's GroupNotFoundError: no group metadata at the location
+        raise StoreError(f"{location}: not a readable Zarr v3 store (no zarr.json group metadata there)") from None
     except Exception as e:  # zarr raises several types for a folder that is not a group
-        raise StoreError(f"{path}: not a readable Zarr v3 store ({type(e).__name__}: {e})") from None
+        raise StoreError(f"{location}: not a readable Zarr v3 store ({first_line(e)})") from None
     if ATTRS_KEY not in root.attrs:
-        raise StoreError(f"{path}: not a visatt store (no '{ATTRS_KEY}' attributes)")
+        raise StoreError(f"{location}: not a visatt store (no '{ATTRS_KEY}' attributes)")
     return root
 
 
-def store_attrs(path: Path) -> dict:
-    return dict(open_store(path).attrs[ATTRS_KEY])
+def store_attrs(location) -> dict:
+    return dict(open_store(location).attrs[ATTRS_KEY])
 
 
-def recompute_digests(path: Path) -> dict[str, str]:
+def recompute_digests(location) -> dict[str, str]:
     """Digest of every array in the store, read chunk by chunk; unreadable arrays map to 'error: ...'."""
-    root = open_store(path)
+    root = open_store(location)
+    zstore = root.store
     out = {}
     for split_name, group in sorted(root.groups()):
         for name, _ in sorted(group.arrays()):
@@ -207,7 +253,7 @@ def recompute_digests(path: Path) -> dict[str, str]:
                 # zarr.json must not hide behind it (readers that do not consolidate would fail).
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    array = zarr.open_array(store=str(path), path=key, mode="r", zarr_format=3)
+                    array = zarr.open_array(store=zstore, path=key, mode="r", zarr_format=3)
             except Exception as e:
                 out[key] = f"error: metadata {key}/zarr.json: {first_line(e)}"
                 continue
@@ -218,7 +264,7 @@ def recompute_digests(path: Path) -> dict[str, str]:
     return out
 
 
-def read(path: Path, group, key: str, selection=slice(None)) -> np.ndarray:
+def read(path, group, key: str, selection=slice(None)) -> np.ndarray:
     """`group[key][selection]` as numpy; a chunk that does not decode is a one-line StoreError."""
     try:
         return np.asarray(group[key][selection])

@@ -10,13 +10,17 @@ Every option is documented in docs/models.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 
 import click
 
-# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) hides the training log.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) hides the training log and
+# errors; set TF_CPP_MIN_LOG_LEVEL yourself (e.g. 0) to see it.
+_SHOW_TF_LOGS = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from visatt_models.config import ConfigError, TrainConfig  # plain Python: --help stays fast
 from visatt_models.registry import MODEL_NAMES, presets_help
@@ -41,6 +45,40 @@ def _fail(e: Exception):
     raise click.ClickException(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
 
 
+@contextlib.contextmanager
+def _quiet_native_startup():
+    """Keep what native code writes to the stderr file descriptor while Keras and its backend are
+    imported (TensorFlow's CUDA probing prints before its log level applies) out of the user's
+    way; it is shown if the import fails, or always when TF_CPP_MIN_LOG_LEVEL is set."""
+    if _SHOW_TF_LOGS:
+        yield
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _import_training():
+    with _quiet_native_startup():
+        import keras  # noqa: F401  (the backend's import is what prints)
+
+        from visatt_models import train as training
+    return training
+
+
 class CropType(click.ParamType):
     """`54` (square) or `54,48` (height, width)."""
 
@@ -59,7 +97,10 @@ class CropType(click.ParamType):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--store", type=click.Path(exists=True, file_okay=False), help="Zarr store from `visatt-data build` (required for a new run).")
+@click.option("--store", metavar="LOCATION",
+              help="The store to train on (required for a new run): a folder from `visatt-data build`, a packed "
+                   "file, a URL of either, or NAME[@VERSION][:SOURCE] in the local cache. Its content is checked "
+                   "against its recorded digests before training.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoints, log.csv, metrics.json, PNGs.")
 @click.option("--model", type=click.Choice(MODEL_NAMES), default="cnn", show_default=True, help="Model to train.")
 @click.option("--preset", help=f"Named model config ({presets_help()}); docs/models.md describes each.")
@@ -99,10 +140,15 @@ class CropType(click.ParamType):
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last completed epoch.")
 @click.option("--overwrite", is_flag=True, help="Delete the run in --out and start a new one.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNGs into the run folder.")
-@click.option("--verbose", type=click.IntRange(0, 2), default=2, show_default=True, help="Keras fit verbosity (2: a line per epoch).")
+@click.option("--no-verify", is_flag=True,
+              help="Skip checking the store against the lock and its splits against their digests (saves one pass "
+                   "over a streamed split; a damaged store then trains silently).")
+@click.option("--verbose", type=click.IntRange(0, 2), default=None,
+              help="Keras fit verbosity: 0 silent, 1 a progress bar, 2 a line per epoch (default: 1 on a terminal, "
+                   "2 when the output goes to a file or a pipe).")
 @click.pass_context
-def train_main(ctx, store, out, model, preset, overrides, head, reverse, resume, overwrite, plots, verbose, memory_limit_mb,
-               time_limit_min, devices, **options):
+def train_main(ctx, store, out, model, preset, overrides, head, reverse, resume, overwrite, plots, no_verify, verbose,
+               memory_limit_mb, time_limit_min, devices, **options):
     """Train a model on a store's train split, keep the best val checkpoint, test it once.
 
     The store decides the task: one digit per image, or a sequence of up to 5 digits (svhn,
@@ -112,7 +158,7 @@ def train_main(ctx, store, out, model, preset, overrides, head, reverse, resume,
     A folder that holds a run is continued only with --resume and replaced only with
     --overwrite.
     """
-    from visatt_models import train as training  # imports Keras (seconds)
+    training = _import_training()  # imports Keras (seconds)
     from visatt_models.data import StoreError
 
     if resume and overwrite:
@@ -134,8 +180,8 @@ def train_main(ctx, store, out, model, preset, overrides, head, reverse, resume,
                 memory_limit=memory_limit_mb * 2**20, **options
             )
         metrics = training.train(spec, out, mode="resume" if resume else "overwrite" if overwrite else "new", plots=plots,
-                                 verbose=verbose, time_limit_s=None if time_limit_min is None else 60 * time_limit_min,
-                                 devices=devices)
+                                 verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose, time_limit_s=None if time_limit_min is None else 60 * time_limit_min,
+                                 devices=devices, verify=not no_verify)
     except (ConfigError, StoreError, training.RunError, OSError) as e:
         _fail(e)
     summary = {k: v for k, v in metrics.items() if k.startswith("test_") or k == "train_images_per_s"}
@@ -144,7 +190,7 @@ def train_main(ctx, store, out, model, preset, overrides, head, reverse, resume,
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Run folder written by visatt-train.")
-@click.option("--store", type=click.Path(exists=True, file_okay=False), help="Store to test on (default: the one trained on).")
+@click.option("--store", metavar="LOCATION", help="Store to test on (default: the one trained on): a folder, packed file, URL or cached NAME.")
 @click.option("--mc", "mc_samples", type=click.IntRange(0), default=None, help="Stochastic models (RAM, DRAM): Monte-Carlo samples (default: the run's).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Test on the first N samples (default: the run's --limit).")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Default: the run's.")
@@ -152,7 +198,8 @@ def train_main(ctx, store, out, model, preset, overrides, head, reverse, resume,
 @click.option("--backward", "backward", type=click.Path(exists=True, file_okay=False),
               help="A right-to-left run (visatt-train --reverse) of the same dataset: also report the forward-backward "
                    "reading of both (DRAM's best SVHN setting).")
-def eval_main(run_dir, store, mc_samples, limit, batch_size, force, backward):
+@click.option("--no-verify", is_flag=True, help="Skip checking the store against the lock and the test split against its digests.")
+def eval_main(run_dir, store, mc_samples, limit, batch_size, force, backward, no_verify):
     """Re-evaluate a run's best checkpoint on a store's test split.
 
     Prints the result as JSON and writes it to RUN/eval-<UTC time>.json. A store whose
@@ -160,12 +207,12 @@ def eval_main(run_dir, store, mc_samples, limit, batch_size, force, backward):
     a store of another task (single digits vs sequences) always. To predict on image files,
     use visatt-predict.
     """
-    from visatt_models import train as training
+    training = _import_training()
     from visatt_models.data import StoreError
 
     try:
         result = training.evaluate_run(run_dir, store=store, mc_samples=mc_samples, limit=limit, force=force,
-                                       batch_size=batch_size, backward=backward)
+                                       batch_size=batch_size, backward=backward, verify=not no_verify)
     except (ConfigError, StoreError, training.RunError, OSError) as e:
         _fail(e)
     click.echo(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
@@ -183,6 +230,7 @@ def predict_main(run_dir, images, mc_samples, checkpoint, as_json):
     Each image is converted as the run's store was made: grayscale (RGB for a colour store),
     resized to the store's size, centre-cropped when the run trained on crops.
     """
+    _import_training()
     from visatt_models import inference
     from visatt_models.runs import RunError
 

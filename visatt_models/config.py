@@ -14,12 +14,13 @@ import types
 import typing
 from typing import Any, Literal
 
+from pipelines.reader import DEFAULT_MEMORY_LIMIT  # bytes of a split held in memory
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _NONE = {"none", "null"}
 
 
-DEFAULT_MEMORY_LIMIT = 2 * 2**30  # bytes of a split held in memory; larger splits are streamed
 
 
 @dataclasses.dataclass(frozen=True)

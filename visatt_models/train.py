@@ -77,7 +77,7 @@ def make_run_spec(store, model: str = "cnn", *, preset: str | None = None, overr
         spec.model_cls.check_task(task, config)
     except ValueError as e:
         raise RunError(f"{model}: {e}") from None
-    return RunSpec(model, preset, cfg.config_to_dict(config), task_to_dict(task), train, str(info.path.resolve()),
+    return RunSpec(model, preset, cfg.config_to_dict(config), task_to_dict(task), train, info.location,
                    info.identity, info.image_shape, info.recipe.get("resample", "bilinear"))
 
 
@@ -106,7 +106,7 @@ def resume_run_spec(out, *, store=None, model=None, preset=None, overrides=(), h
     if store is not None:
         info = open_store(store)
         check_same_data(recorded.data, info)
-        path = str(info.path.resolve())
+        path = info.location
     return dataclasses.replace(recorded, train=train, store=path)
 
 
@@ -185,20 +185,23 @@ def data_parallel(devices: int | None, batch_size: int) -> int:
 
 
 def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "new", plots: bool = True, verbose: int = 2,
-          time_limit_s: float | None = None, devices: int | None = None) -> dict:
+          time_limit_s: float | None = None, devices: int | None = None, verify: bool = True) -> dict:
     """Train (or continue) the run `spec` in folder `out`, evaluate on test, return metrics.json.
 
     `time_limit_s`: end this session after the last epoch expected to finish within this many
     seconds of training (judged by the epochs so far); the best checkpoint is then tested as
     usual (metrics.json says `epochs_completed`) and `--resume` continues the run. Not part of
     the run: a run stopped early and resumed equals an uninterrupted one.
-    `devices`: data-parallel training over this many devices (`data_parallel`)."""
+    `devices`: data-parallel training over this many devices (`data_parallel`).
+    `verify`: check the store against the lock and each split against its recorded digests
+    before training (one extra pass over a streamed split); False skips both."""
     folder = RunFolder(out)
     started = time.time()
     t = spec.train
-    info = open_store(spec.store)
+    info = open_store(spec.store, verify=verify)
     check_same_data(spec.data, info)
-    splits = {name: Split(info, name, limit=t.limit, memory_limit=t.memory_limit) for name in ("train", "val", "test")}
+    splits = {name: Split(info, name, limit=t.limit, memory_limit=t.memory_limit, verify=verify)
+              for name in ("train", "val", "test")}
     if len(splits["train"]) == 0 or len(splits["val"]) == 0:
         raise RunError(f"{info.path}: the train and val splits must not be empty ({len(splits['train'])}, {len(splits['val'])} samples)")
     steps_per_epoch = max(1, len(splits["train"]) // t.batch_size)  # as Batches(drop_remainder=True) below
@@ -358,7 +361,7 @@ def machine_info() -> dict:
 
 
 def evaluate_run(out, *, store=None, mc_samples: int | None = None, limit: int | None = None, force: bool = False,
-                 batch_size: int | None = None, backward=None) -> dict:
+                 batch_size: int | None = None, backward=None, verify: bool = True) -> dict:
     """Re-evaluate the best checkpoint of the run in `out` on a store's test split.
 
     The store defaults to the one trained on; another store must hold the same dataset (name
@@ -372,7 +375,7 @@ def evaluate_run(out, *, store=None, mc_samples: int | None = None, limit: int |
     state = folder.load_state()
     if state is None or state["epochs_completed"] == 0:
         raise RunError(f"{out}: the run has no completed epoch to evaluate")
-    info = open_store(store if store is not None else spec.store)
+    info = open_store(store if store is not None else spec.store, verify=verify)
     same = (spec.data["dataset"], spec.data["recipe_digest"]) == (info.dataset, info.recipe_digest)
     if not same and not force:
         check_same_data(spec.data, info)  # raises, naming both datasets
@@ -392,7 +395,7 @@ def evaluate_run(out, *, store=None, mc_samples: int | None = None, limit: int |
     model = spec.build_model()
     checkpoint = state["best_checkpoint"]
     load_weights_checked(model, folder.path / checkpoint)
-    split = Split(info, "test", limit=limit, memory_limit=t.memory_limit)
+    split = Split(info, "test", limit=limit, memory_limit=t.memory_limit, verify=verify)
     mc = t.mc_samples if mc_samples is None else mc_samples
     result = evaluate(model, split, batch_size=batch_size or t.batch_size, mc_samples=mc, crop=t.crop)
     if backward is not None:

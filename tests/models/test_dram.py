@@ -5,7 +5,6 @@ Shapes, one fit step, save/reload and seeding on every task are in test_tasks.py
 
 import dataclasses
 import json
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -22,7 +21,6 @@ from visatt_models.tasks import BLANK, DigitTask, SequenceTask, decode_numpy, lo
 B = BLANK
 TINY = DRAMConfig(glimpses_per_digit=2, patch_size=6, scales=2, conv_filters=(4, 4), conv_kernels=(3, 3), glimpse_size=16,
                   lstm_units=16, classifier_hidden=16, context_size=8, context_filters=(4,), context_kernels=(3,), seed=1)
-SVHN_SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "sources" / "svhn-format1-sample"
 SMALL = ["--model", "dram", "--set", "patch_size=6", "--set", "conv_filters=4",
          "--set", "conv_kernels=3", "--set", "glimpse_size=8", "--set", "lstm_units=8", "--set", "classifier_hidden=8",
          "--set", "context_filters=4", "--set", "context_kernels=3", "--verbose", "0"]
@@ -200,12 +198,11 @@ def test_dram_run_on_mnist_pairs_draws_glimpses_per_digit(tmp_path):
 
 
 @pytest.mark.single_backend
-def test_svhn_64_sample_forward_backward_through_the_clis(tmp_path, monkeypatch):
+def test_svhn_64_sample_forward_backward_through_the_clis(tmp_path, monkeypatch, svhn_sample):
     """The SVHN path on the real sample: build svhn-64, train a left-to-right and a right-to-left
     DRAM for one epoch on 54x54 crops, evaluate their forward-backward reading, predict."""
-    assert (SVHN_SAMPLE / "train" / "digitStruct.mat").exists(), f"real SVHN sample expected at {SVHN_SAMPLE}"
     monkeypatch.setenv("VISATT_LOCK", str(tmp_path / "datasets.lock"))
-    store = build_dataset("svhn-64", tmp_path / "svhn-64.zarr", source="svhn", source_dir=str(SVHN_SAMPLE), limit=3,
+    store = build_dataset("svhn-64", tmp_path / "svhn-64.zarr", source="svhn", source_dir=str(svhn_sample), limit=3,
                           val_fraction=0.34, workers=1, progress=False)
     # One glimpse per emission, 4 emissions (the sample's numbers have at most 3 digits): small graphs.
     common = ["--store", store, "--epochs", 1, "--batch-size", 3, "--crop", 54, "--mc", 0, "--no-plots", *SMALL,
@@ -220,4 +217,4 @@ def test_svhn_64_sample_forward_backward_through_the_clis(tmp_path, monkeypatch)
         assert 0 <= combined[f"test_sequence_accuracy{suffix}"] <= 1
     refused = run(eval_main, ["--run", tmp_path / "bwd", "--backward", tmp_path / "fwd"], ok=False)
     assert refused.exit_code == 1 and "right-to-left" in refused.output
-    assert run(predict_main, ["--run", tmp_path / "fwd", SVHN_SAMPLE / "test" / "2.png"]).output.count("\t") == 1
+    assert run(predict_main, ["--run", tmp_path / "fwd", svhn_sample / "test" / "2.png"]).output.count("\t") == 1

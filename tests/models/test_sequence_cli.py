@@ -2,7 +2,6 @@
 an mnist-sequences store from the embedded sample and SVHN from the real format-1 sample."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from visatt_models.cli import eval_main, predict_main, train_main
 from visatt_models.data import Split, crop_images, open_store
 from visatt_models.evaluate import predictions
 
-SVHN_SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "sources" / "svhn-format1-sample"
 CNN = ["--model", "cnn", "--set", "widths=4,8", "--set", "dense=16", "--verbose", "0"]
 SEQUENCE_FIELDS = ("test_sequence_accuracy", "test_sequence_error", "test_digit_accuracy", "test_length_accuracy")
 
@@ -83,12 +81,11 @@ def test_predict_on_image_files_equals_the_evaluation_path(seq_run, store, tmp_p
 
 
 @pytest.mark.single_backend
-def test_svhn_64_from_the_real_sample_trains_evaluates_and_predicts(tmp_path, monkeypatch):
+def test_svhn_64_from_the_real_sample_trains_evaluates_and_predicts(tmp_path, monkeypatch, svhn_sample):
     """The whole SVHN path on the 3 real images per split: build svhn-64, train 1 epoch on 54x54
     crops, evaluate, predict on a real SVHN file."""
-    assert (SVHN_SAMPLE / "train" / "digitStruct.mat").exists(), f"real SVHN sample expected at {SVHN_SAMPLE}"
     monkeypatch.setenv("VISATT_LOCK", str(tmp_path / "datasets.lock"))
-    store = build_dataset("svhn-64", tmp_path / "svhn-64.zarr", source="svhn", source_dir=str(SVHN_SAMPLE), limit=3,
+    store = build_dataset("svhn-64", tmp_path / "svhn-64.zarr", source="svhn", source_dir=str(svhn_sample), limit=3,
                           val_fraction=0.34, workers=1, progress=False)
     info = open_store(store)
     assert info.task == "sequence" and info.image_shape == (64, 64, 1) and info.splits == {"train": 2, "val": 1, "test": 3}
@@ -97,5 +94,5 @@ def test_svhn_64_from_the_real_sample_trains_evaluates_and_predicts(tmp_path, mo
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == "svhn-64" and metrics["test_samples"] == 3
     assert json.loads(run(eval_main, ["--run", out]).output)["test_sequence_accuracy"] == metrics["test_sequence_accuracy"]
-    printed = run(predict_main, ["--run", out, SVHN_SAMPLE / "test" / "1.png"]).output
-    assert printed.startswith(f"{SVHN_SAMPLE / 'test' / '1.png'}\t")
+    printed = run(predict_main, ["--run", out, svhn_sample / "test" / "1.png"]).output
+    assert printed.startswith(f"{svhn_sample / 'test' / '1.png'}\t")

@@ -1,19 +1,11 @@
-"""Shared fixtures: the real MNIST files from ../shared, imported once into a session cache."""
+"""Fixtures of the data-side tests: the real MNIST files (`mnist_dir`, tests/conftest.py)
+imported once into a session cache."""
 
 from pathlib import Path
 
 import pytest
 
 from pipelines import sources
-
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-MNIST_DIR = SHARED / "sources" / "mnist"
-
-
-@pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    assert (MNIST_DIR / "SHA256SUMS").exists(), f"real MNIST expected at {MNIST_DIR}"
-    return MNIST_DIR
 
 
 @pytest.fixture(scope="session")
@@ -34,5 +26,6 @@ def home(session_home, monkeypatch) -> Path:
 def empty_lock(tmp_path, monkeypatch) -> Path:
     """An empty lock file, so tests never write the checkout's datasets.lock."""
     path = tmp_path / "datasets.lock"
+    path.write_text('{"datasets": {}, "format": 1}\n')
     monkeypatch.setenv("VISATT_LOCK", str(path))
     return path

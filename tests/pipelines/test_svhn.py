@@ -25,7 +25,6 @@ from pipelines.cli import main
 from pipelines.store import open_store, store_attrs
 from pipelines.svhn import SvhnError, SvhnRecipe
 
-REAL = Path(__file__).resolve().parents[3] / "shared" / "sources" / "svhn-format1-sample"
 
 
 @pytest.fixture
@@ -87,19 +86,19 @@ def test_reader_rejects_a_file_that_is_not_a_digit_struct(tmp_path):
         ("extra", [[4, 7, 8], [7, 1], [1, 7, 4]]),
     ],
 )
-def test_reader_on_the_real_sample(split, labels):
-    ds = svhn.read_split(REAL / split, limit=3)
+def test_reader_on_the_real_sample(split, labels, svhn_sample):
+    ds = svhn.read_split(svhn_sample / split, limit=3)
     assert ds.names == ("1.png", "2.png", "3.png")
     assert [ds.entry(i)[1].tolist() for i in range(3)] == labels
     assert ds.entry(0)[2].shape == (len(labels[0]), 4)
     # Every entry of the .mat parses; only images 1-3 exist, so the full read names 4.png.
-    assert len(svhn.read_digit_struct(REAL / split / "digitStruct.mat")) in (39, 40)
+    assert len(svhn.read_digit_struct(svhn_sample / split / "digitStruct.mat")) in (39, 40)
     with pytest.raises(SvhnError, match=rf"{split}/4\.png: image listed in digitStruct\.mat is missing"):
-        svhn.read_split(REAL / split)
+        svhn.read_split(svhn_sample / split)
 
 
-def test_real_sample_train_boxes():
-    _, labels, boxes = svhn.read_split(REAL / "train", limit=1).entry(0)
+def test_real_sample_train_boxes(svhn_sample):
+    _, labels, boxes = svhn.read_split(svhn_sample / "train", limit=1).entry(0)
     assert labels.tolist() == [1, 9]
     assert boxes.tolist() == [[77, 246, 219, 81], [81, 323, 219, 96]]  # top, left, height, width
 
@@ -233,8 +232,8 @@ def test_val_is_a_seeded_carve_of_train_and_extra_is_folded_in(tmp_path):
     assert np.array_equal(with_extra["val"][0][1], val)
 
 
-def test_real_sample_builds_with_limit():
-    source = _source(REAL, limit=3)
+def test_real_sample_builds_with_limit(svhn_sample):
+    source = _source(svhn_sample, limit=3)
     recipe = SvhnRecipe(limit=3)
     assert {k: sum(len(i) for _, i in v) for k, v in svhn.split_pools(recipe, source).items()} == {
         "train": 3, "val": 0, "test": 3,
@@ -245,7 +244,7 @@ def test_real_sample_builds_with_limit():
     assert out["lengths"].tolist() == [1, 3, 1]
     assert set(source.checksums) == {"train/digitStruct.mat", "train/images", "test/digitStruct.mat", "test/images"}
     with pytest.raises(SvhnError, match=r"4\.png"):
-        _source(REAL)
+        _source(svhn_sample)
 
 
 # ---------------------------------------------------------------- fetching
@@ -307,19 +306,19 @@ def _cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_cli_builds_the_real_sample_with_limit(tmp_path, empty_lock):
+def test_cli_builds_the_real_sample_with_limit(tmp_path, empty_lock, svhn_sample):
     out = tmp_path / "real.zarr"
-    result = _cli("build", "svhn", "--from", REAL, "--limit", 3, "--out", out, "--quiet")
+    result = _cli("build", "svhn", "--from", svhn_sample, "--limit", 3, "--out", out, "--quiet")
     assert result.exit_code == 0, result.output
     assert "evaluation crop: val and test cropped around their digit boxes" in result.output
     root = open_store(out)
     attrs = root.attrs["visatt"]
     assert attrs["version"] is None and attrs["recipe"]["limit"] == 3 and attrs["task"] == "sequence"
-    assert attrs["sources"]["test/digitStruct.mat"] == svhn._sha256_file(REAL / "test" / "digitStruct.mat")
+    assert attrs["sources"]["test/digitStruct.mat"] == svhn._sha256_file(svhn_sample / "test" / "digitStruct.mat")
     assert root["test"]["labels"][:].tolist() == [[5, 10, 10, 10, 10], [2, 1, 0, 10, 10], [6, 10, 10, 10, 10]]
     assert root["train"]["images"].shape == (3, 32, 32, 1)
     assert _cli("verify", out).exit_code == 0
-    result = _cli("build", "svhn", "--from", REAL, "--out", tmp_path / "all.zarr", "--quiet")
+    result = _cli("build", "svhn", "--from", svhn_sample, "--out", tmp_path / "all.zarr", "--quiet")
     assert result.exit_code == 1
     assert "4.png: image listed in digitStruct.mat is missing" in result.output
     assert not (tmp_path / "all.zarr").exists()

@@ -1,0 +1,160 @@
+"""Shuffled, cropped batches of a store's splits, for training and for `Split.as_keras`.
+
+Splits are read through `pipelines.reader` (the one store reader of the code base). A
+`Batches` iterator (a
+`keras.utils.PyDataset`, so `fit` accepts it on TensorFlow and JAX) yields
+`(images (B, H, W, C) uint8, labels (B,) or (B, L) uint8)`.
+
+Cropping. With `crop=(h, w)` a `Batches` yields h x w crops: at random offsets when
+`random_crop` (training augmentation, Goodfellow et al. 2013's 54x54 crops of 64x64), drawn from
+`default_rng(SeedSequence(seed, spawn_key=(CROP_KEY, e)))` and indexed by the sample's index in
+the split, so a sample's crop depends only on (seed, epoch, index); otherwise the centre crop.
+
+Shuffling. The order of epoch `e` is drawn from its own generator,
+`default_rng(SeedSequence(seed, spawn_key=(SHUFFLE_KEY, e)))`, so it depends only on the run
+seed and the epoch number: a resumed run sees exactly the batches the uninterrupted run would
+have seen. A streamed split is shuffled in two levels, as a shuffle buffer would: the order of
+its chunks is permuted, consecutive chunks are grouped into windows that fit the memory limit,
+and samples are permuted within each window. A split held in memory is one window, so its
+samples are permuted uniformly.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from pipelines.reader import Split
+
+SHUFFLE_KEY = 0x5EED  # spawn key that separates the data order from other uses of the run seed
+CROP_KEY = 0xC409  # ... and the crop offsets
+
+
+class Batches(keras.utils.PyDataset):
+    """Batches of a split for `fit`/`evaluate`/`predict`: `(images, labels)` numpy arrays.
+
+    shuffle: draw a new order every epoch (see the module docstring); call `set_epoch(e)`
+        before epoch `e` (the trainer does it from a callback).
+    drop_remainder: drop the last partial batch (training; when the split holds at least
+        one full batch). Evaluation keeps every sample.
+    crop: (h, w) crops of the images (see the module docstring), random ones when
+        `random_crop`, else the centre crop; None: whole images.
+    auto_epoch: move to the next epoch's order when Keras ends an epoch (`on_epoch_end`).
+    endless: index batches by the global step from the start of `epoch` (batch i is batch
+        i mod len of epoch `epoch + i // len`) and report no length to Keras, which then feeds
+        one endless stream (with `fit(steps_per_epoch=len(batches))`). Every batch is then a
+        pure function of its step, so a loader that prefetches across an epoch boundary (Keras'
+        TensorFlow path starts the next epoch's iterator before the epoch callbacks run) cannot
+        see a stale order, and a resumed run sees exactly the batches of an uninterrupted one.
+    """
+
+    def __init__(self, split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+                 drop_remainder: bool = False, crop: tuple[int, int] | None = None, random_crop: bool = False,
+                 endless: bool = False, auto_epoch: bool = False):
+        super().__init__(workers=1, use_multiprocessing=False)  # zarr must not run in forked workers
+        self.auto_epoch = auto_epoch
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}")
+        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
+        self.drop_remainder = drop_remainder and len(split) >= batch_size
+        self.crop, self.random_crop = check_crop(crop, split.info.image_shape), random_crop and crop is not None
+        self._offsets = None  # (N, 2) random crop offsets of the current epoch
+        self.first_epoch, self.endless = epoch, endless
+        self._epoch = None
+        self._windows: dict[int, tuple] = {}  # window index -> (images, labels), at most 2 kept
+        self.set_epoch(epoch)
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return len(self) * self.batch_size if self.drop_remainder else len(self.split)
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n = len(self.split)
+        return n // self.batch_size if self.drop_remainder else -(-n // self.batch_size)
+
+    @property
+    def num_batches(self) -> int | None:
+        return None if self.endless else len(self)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the sample order of `epoch` (a pure function of the seed and `epoch`)."""
+        if epoch == self._epoch:
+            return
+        self._epoch = epoch
+        self._windows.clear()
+        split = self.split
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(SHUFFLE_KEY, epoch))) if self.shuffle else None
+        # In memory there is one window and its sample permutation is already uniform.
+        chunk_order = rng.permutation(split.num_chunks) if rng is not None and not split.in_memory else np.arange(split.num_chunks)
+        w = split.window_chunks
+        self._window_chunks = [chunk_order[i : i + w] for i in range(0, split.num_chunks, w)]
+        # order[k] = (window, position inside the window's concatenated chunks) of the k-th sample
+        windows, positions, indices = [], [], []
+        for i, chunks in enumerate(self._window_chunks):
+            index = np.concatenate([np.arange(*split.chunk_range(c)) for c in chunks])  # split indices
+            within = rng.permutation(len(index)) if rng is not None else np.arange(len(index))
+            windows.append(np.full(len(index), i))
+            positions.append(within)
+            indices.append(index[within])
+        self._order_window = np.concatenate(windows)  # (N,)
+        self._order_position = np.concatenate(positions)  # (N,)
+        self._order_index = np.concatenate(indices)  # (N,) index in the split of the k-th sample
+        if self.random_crop:
+            (height, width), (h, w) = split.info.image_shape[:2], self.crop
+            crop_rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(CROP_KEY, epoch)))
+            self._offsets = crop_rng.integers(0, [height - h + 1, width - w + 1], size=(len(split), 2))  # (N, 2)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.endless and index >= 0:
+            self.set_epoch(self.first_epoch + index // len(self))
+            index %= len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
+        sl = slice(index * self.batch_size, min((index + 1) * self.batch_size, len(self.split)))
+        window, position = self._order_window[sl], self._order_position[sl]
+        images, labels = [], []
+        for w in np.unique(window):  # a batch spans at most two consecutive windows
+            data = self._window(int(w))
+            pick = position[window == w]
+            images.append(data[0][pick])
+            labels.append(data[1][pick])
+        images = np.concatenate(images)
+        if self.crop is not None:
+            offsets = self._offsets[self._order_index[sl]] if self.random_crop else None
+            images = crop_images(images, self.crop, offsets)
+        return images, np.concatenate(labels)
+
+    def on_epoch_end(self) -> None:
+        """Keras calls this after each epoch: with `auto_epoch` the next epoch's order is drawn
+        (`Split.as_keras`; the trainer sets epochs itself)."""
+        if self.auto_epoch:
+            self.set_epoch(self._epoch + 1)
+
+    def _window(self, w: int):
+        if self.split.in_memory:  # one window: the whole split, in natural order
+            return self.split.arrays
+        if w not in self._windows:
+            for old in [k for k in self._windows if k < w - 1 or k > w]:
+                del self._windows[old]
+            self._windows[w] = self.split.read_chunks(self._window_chunks[w])
+        return self._windows[w]
+
+
+def check_crop(crop, image_shape) -> tuple[int, int] | None:
+    """`crop` as (h, w), checked against the images' (H, W, C); None stays None."""
+    if crop is None:
+        return None
+    h, w = (int(v) for v in crop)
+    if not (1 <= h <= image_shape[0] and 1 <= w <= image_shape[1]):
+        raise ValueError(f"crop {h}x{w} does not fit the {image_shape[0]}x{image_shape[1]} images")
+    return h, w
+
+
+def crop_images(images: np.ndarray, crop: tuple[int, int], offsets: np.ndarray | None = None) -> np.ndarray:
+    """h x w crops of images (B, H, W, C) at `offsets` (B, 2) = (top, left); None: the centre crop."""
+    (height, width), (h, w) = images.shape[1:3], crop
+    if offsets is None:
+        top, left = (height - h) // 2, (width - w) // 2
+        return np.ascontiguousarray(images[:, top : top + h, left : left + w])
+    return np.stack([image[t : t + h, l : l + w] for image, (t, l) in zip(images, offsets)])
