@@ -198,3 +198,27 @@ def test_load_reads_a_split_by_location_and_by_cached_name(shared, url, home):
     built = __import__("pipelines").load(NAME, source="sample", split="val", build=True)
     assert built.info.path == home / "stores" / f"{NAME}-1.0.0-sample.zarr" and built.info.frozen
     assert np.array_equal(built.labels, __import__("pipelines").load(shared / "store.zarr", split="val").labels)
+
+
+def test_a_wheel_install_finds_the_packaged_lock(tmp_path):
+    """Built as a user's `pip install` would build it, the wheel carries datasets.lock and its
+    `pipelines` finds it (run from the unpacked wheel, away from the checkout)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root, src = Path(__file__).resolve().parents[2], tmp_path / "src"  # built from a copy: no build/ in the checkout
+    for name in ("pipelines", "visatt_models"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "wheel")], check=True, capture_output=True)
+    wheel = next((tmp_path / "wheel").glob("visatt-*.whl"))
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    code = "import pipelines.lock as l; lock = l.Lock(); print(l.__file__); print(lock.path, lock.exists, len(lock.versions()))"
+    env = {k: v for k, v in os.environ.items() if k != "VISATT_LOCK"} | {"PYTHONPATH": str(tmp_path / "site")}
+    printed = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    assert printed[0] == str(tmp_path / "site" / "pipelines" / "lock.py")
+    assert printed[1] == f"{tmp_path / 'site' / 'pipelines' / 'datasets.lock'} True {len(Lock().versions())}"
