@@ -145,6 +145,13 @@ def get_model_spec(name: str) -> ModelSpec:
     return ModelSpec(name, getattr(module, entry.model_class), getattr(module, entry.config_class), entry.presets)
 
 
+def register_all() -> None:
+    """Import every model module, registering its classes with Keras' serialization (needed
+    before `keras.saving.load_model` can rebuild a visatt model from a `.keras` file)."""
+    for name in MODELS:
+        get_model_spec(name)
+
+
 def make_config(spec: ModelSpec, *, preset: str | None = None, overrides=(), **fields):
     """The config of `spec`: its preset's fields (or the dataclass defaults), then `fields`, then `overrides`."""
     if preset is not None and preset not in spec.presets:

@@ -2,6 +2,8 @@
 a packed store served over real (loopback) HTTP."""
 
 import json
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -83,3 +85,11 @@ def test_train_and_eval_from_a_packed_store_over_http(store, tmp_path):
         assert metrics["store"] == url and metrics["test_samples"] == 64
         evaluated = json.loads(run(eval_main, ["--run", out]).output)
         assert evaluated["store"] == url and evaluated["test_samples"] == 64
+        # The saved model loads in a fresh interpreter with Keras' own loader once the package is
+        # imported (Keras imports the modules of its own packages only), and through load_model.
+        last = next((out / "checkpoints").glob("last-epoch-*.keras"))
+        code = ("import keras, visatt_models, numpy as np; a = keras.saving.load_model({p!r}); "
+                "b = visatt_models.load_model({p!r}); x = np.zeros((2, 40, 40, 1), np.uint8); "
+                "print(type(a).__name__, np.allclose(a(x)['logits'], b(x)['logits']))").format(p=str(last))
+        printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert printed.split() == ["CNN", "True"]
