@@ -13,6 +13,7 @@ nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -101,6 +102,28 @@ def _fetch_into(url: str, part: Path, *, timeout: float) -> None:
                 out.write(block)
 
 
+@contextlib.contextmanager
+def new_folders(path: Path):
+    """Create `path` and its missing parents; if the block fails, remove those of them that are
+    still empty (a failed fetch leaves no empty cache folders behind)."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for p in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
+
+
+def mirrors_failed(name: str, errors: dict[str, str], hint: str) -> str:
+    """One line: every mirror tried with its (last) error, then what to do instead."""
+    tried = "; ".join(f"{url}: {' '.join(str(error).split())}" for url, error in errors.items())
+    return f"{name}: every mirror failed ({tried}). {hint}"
+
+
 def download(
     urls,
     dest: Path,
@@ -110,6 +133,7 @@ def download(
     timeout: float = 60.0,
     backoff: float = 1.0,
     log=print,
+    hint: str = "",
 ) -> dict:
     """Download `dest` from the first of `urls` (mirrors) that works, resuming a `.part` file.
 
@@ -130,7 +154,7 @@ def download(
             dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    errors = []
+    errors = {}
     for url in urls:
         for attempt in range(retries):
             try:
@@ -150,10 +174,10 @@ def download(
                 log(f"{dest.name}: downloaded from {url}, verified (md5 {got['md5']})")
                 return got
             except (ArchiveError, urllib.error.URLError, http.client.HTTPException, OSError) as e:
-                errors.append(f"{url}: {e}")
+                errors[url] = str(e).removeprefix(f"{url}: ")
                 if attempt + 1 < retries:
                     time.sleep(backoff * 2**attempt)
-    raise ArchiveError(f"{dest.name}: every mirror failed ({len(errors)} attempts); last error: {errors[-1]}")
+    raise ArchiveError(mirrors_failed(dest.name, errors, hint))
 
 
 # ---------------------------------------------------------------- extraction

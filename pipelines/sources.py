@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.archive import mirrors_failed, new_folders
+
 
 class SourceError(Exception):
     """A source file is missing, malformed or does not match its checksum (one-line message)."""
@@ -235,6 +237,10 @@ def _download(url: str, dest: Path, *, timeout: float) -> None:
         shutil.copyfileobj(response, out)
 
 
+MNIST_HINT = ("Copy the four files from elsewhere and use `visatt-data fetch mnist --from DIR`, or build offline "
+              "from the sample shipped in the package with `--source sample`.")
+
+
 def fetch_mnist(
     dest_dir: Path | None = None,
     mirrors: tuple[str, ...] = MNIST_MIRRORS,
@@ -249,7 +255,11 @@ def fetch_mnist(
     A file already in the cache with the right checksum is not downloaded again.
     """
     dest_dir = Path(dest_dir or mnist_cache_dir())
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    with new_folders(dest_dir):
+        return _fetch_files(dest_dir, mirrors, retries, timeout, backoff, log)
+
+
+def _fetch_files(dest_dir: Path, mirrors, retries, timeout, backoff, log) -> list[Path]:
     out = []
     for f in MNIST_FILES:
         cached = dest_dir / f"{f.name}.gz"
@@ -261,7 +271,7 @@ def fetch_mnist(
                 continue
             except SourceError:
                 pass  # corrupt cache entry: download again
-        errors = []
+        errors = {}
         for mirror in mirrors:
             url = mirror.rstrip("/") + f"/{f.name}.gz"
             for attempt in range(retries):
@@ -273,12 +283,12 @@ def fetch_mnist(
                         log(f"{f.name}: downloaded from {url}, verified")
                         break
                     except (urllib.error.URLError, OSError, SourceError) as e:
-                        errors.append(f"{url}: {e}")
+                        errors[url] = str(e)
                         if attempt + 1 < retries:
                             time.sleep(backoff * 2**attempt)
             else:
                 continue
             break
         else:
-            raise SourceError(f"{f.name}: every mirror failed; last error: {errors[-1]}")
+            raise SourceError(mirrors_failed(f.name, errors, MNIST_HINT))
     return out

@@ -39,7 +39,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from pipelines.archive import ArchiveError, Expected, download, extract_tar, verify_file
+from pipelines.archive import ArchiveError, Expected, download, extract_tar, new_folders, verify_file
 from pipelines.canvas import named_rng
 from pipelines.sources import visatt_home
 
@@ -455,7 +455,11 @@ def fetch_svhn(
     downloaded (resumable) from `mirrors`. Archives are kept beside the extracted folders.
     """
     dest_dir = Path(dest_dir or svhn_cache_dir())
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    with new_folders(dest_dir):
+        return _fetch_splits(dest_dir, splits, from_dir, mirrors, archives, retries, backoff, log)
+
+
+def _fetch_splits(dest_dir, splits, from_dir, mirrors, archives, retries, backoff, log) -> dict[str, Path]:
     out = {}
     for split in splits:
         if from_dir is not None:
@@ -469,7 +473,8 @@ def fetch_svhn(
             continue
         archive = dest_dir / f"{split}.tar.gz"
         urls = [m.rstrip("/") + f"/{split}.tar.gz" for m in mirrors]
-        download(urls, archive, archives[split], retries=retries, backoff=backoff, log=log)
+        download(urls, archive, archives[split], retries=retries, backoff=backoff, log=log,
+                 hint="Copy the archives (or extracted folders) and use `visatt-data fetch svhn --from DIR`.")
         out[split] = install_archive(archive, dest_dir, split, expected=archives[split], overwrite=True, log=log)
     return out
 

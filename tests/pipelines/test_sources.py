@@ -137,6 +137,11 @@ def test_fetch_falls_through_dead_and_corrupt_mirrors(mirrors, tmp_path):
 
 
 def test_fetch_fails_when_every_mirror_fails(mirrors, tmp_path):
-    with pytest.raises(SourceError, match="every mirror failed"):
-        sources.fetch_mnist(tmp_path / "cache", (mirrors[0],), retries=1, backoff=0, log=lambda s: None)
-    assert not list((tmp_path / "cache").glob("*.gz"))
+    dead = "http://127.0.0.1:9"  # connection refused
+    with pytest.raises(SourceError, match="every mirror failed") as failure:
+        sources.fetch_mnist(tmp_path / "home" / "cache", (mirrors[0], dead), retries=1, backoff=0, log=lambda s: None)
+    message = str(failure.value)
+    assert "\n" not in message and f"{mirrors[0]}train-images-idx3-ubyte.gz: " in message
+    assert f"{dead}/train-images-idx3-ubyte.gz: " in message  # every mirror, each with its error
+    assert "--from DIR" in message and "--source sample" in message
+    assert not (tmp_path / "home").exists()  # no empty cache folders left behind
