@@ -77,8 +77,12 @@ def main():
     SVHN format 1:
       visatt-data fetch svhn [--extra]   (or: fetch svhn --from DIR)
       visatt-data build svhn --out svhn.zarr   (or: build svhn --from DIR)
+    Sharing a frozen version:
+      visatt-data pack mnist-cluttered.zarr    (-> mnist-cluttered-1.0.0.zarr.zip)
+      visatt-data verify https://host/mnist-cluttered-1.0.0.zarr.zip
+      visatt-data get mnist-cluttered@1.0.0 --from https://host/mnist-cluttered-1.0.0.zarr.zip
 
-    Sources are cached under $VISATT_HOME (default ~/.cache/visatt).
+    Sources and fetched stores are cached under $VISATT_HOME (default ~/.cache/visatt).
     """
 
 
