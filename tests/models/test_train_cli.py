@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -152,6 +153,20 @@ def test_resume_mid_schedule_gives_the_learning_rates_of_an_uninterrupted_run(st
     run(train_main, ["--out", killed, "--resume", "--epochs", 5, "--verbose", 0])
     assert float(read_log(killed / "log.csv")[3]["lr"]) == pytest.approx(cosine(3, 4), rel=1e-5)
     assert load_run_spec(killed).train.global_clipnorm == 1.0
+
+
+@pytest.mark.single_backend  # TensorFlow's start-up chatter
+def test_the_command_prints_a_line_per_epoch_to_a_pipe_and_keeps_tensorflow_start_up_logs_out(store, tmp_path):
+    quiet = [a for a in CNN if a not in ("--verbose", "0")]
+    cmd = [sys.executable, "-c", "from visatt_models.cli import train_main; train_main()",
+           *map(str, ["--store", store, "--out", tmp_path / "r", "--epochs", 2, "--limit", 48, "--no-plots", *quiet])]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Epoch 1/2" in done.stdout and "Epoch 2/2" in done.stdout and "\r" not in done.stdout  # not a progress bar
+    assert json.loads(done.stdout.strip().splitlines()[-1])["test_samples"] == 48
+    for chatter in ("cuda", "absl", "oneDNN", "cuInit"):
+        assert chatter not in done.stderr, done.stderr
 
 
 @pytest.mark.single_backend  # run-folder and CLI logic; the JAX pass checks resume exactness
