@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from pipelines.canvas import DIGIT, add_clutter, named_rng, paste, sample_rng
+from pipelines.canvas import DIGIT, add_clutter, named_rng, paste, sample_rngs
 from pipelines.sources import MnistSource, load_mnist
 
 _PERMUTATION = 1000  # spawn key of the train/val permutation (sample keys use split codes 0..3)
@@ -98,7 +98,7 @@ def generate(recipe: MnistCanvasRecipe, source: MnistSource, split: str, start: 
     b, c, k, n_clutter = stop - start, recipe.canvas, recipe.clutter_size, recipe.clutter_count
     top = np.empty(b, np.int64)  # (B,)
     left = np.empty(b, np.int64)  # (B,)
-    rngs = [sample_rng(recipe.seed, split, index) for index in range(start, stop)]
+    rngs = sample_rngs(recipe.seed, split, start, stop)
     for row, rng in enumerate(rngs):
         top[row], left[row] = rng.integers(0, c - DIGIT + 1, size=2)
     canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C), wide enough for 9 overlapping pastes

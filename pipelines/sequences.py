@@ -26,7 +26,7 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from pipelines.canvas import add_clutter, other_digits, paste, sample_rng
+from pipelines.canvas import add_clutter, other_digits, paste, sample_rngs
 from pipelines.mnist import DIGIT, split_pools
 from pipelines.sources import MnistSource, load_mnist
 
@@ -105,10 +105,8 @@ def generate_sequences(
     b, c, n_pool = stop - start, recipe.canvas, len(pool_labels)
     out = _empty(b)
     canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C), wide enough for overlapping adds
-    rngs = []
-    for row, index in enumerate(range(start, stop)):
-        rng = sample_rng(recipe.seed, split, index)
-        rngs.append(rng)
+    rngs = sample_rngs(recipe.seed, split, start, stop)
+    for row, (index, rng) in enumerate(zip(range(start, stop), rngs)):
         length = int(rng.integers(recipe.min_length, recipe.max_length + 1))
         others = other_digits(rng, n_pool, index, length - 1)
         digits = np.insert(others, rng.integers(0, length), index)  # (L,) the source digit at a random place
@@ -149,10 +147,8 @@ def generate_pairs(
     out = _empty(b)
     digits = np.empty((b, 2), np.int64)  # (B, 2) pool indices in reading order
     at = np.empty((b, 2, 2), np.int64)  # (B, 2, [top, left])
-    rngs = []
-    for row, index in enumerate(range(start, stop)):
-        rng = sample_rng(recipe.seed, split, index)
-        rngs.append(rng)
+    rngs = sample_rngs(recipe.seed, split, start, stop)
+    for row, (index, rng) in enumerate(zip(range(start, stop), rngs)):
         pair = np.array([index, other_digits(rng, n_pool, index, 1)[0]])
         first = rng.integers(0, c - DIGIT + 1, size=2)
         while True:  # rejection sampling: the second digit must not overlap the first

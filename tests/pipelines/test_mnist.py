@@ -106,3 +106,19 @@ def test_seed_changes_the_data(sample):
 def test_bad_recipes_are_refused(bad):
     with pytest.raises(ValueError):
         MnistCanvasRecipe(**bad)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 12345, 2**32 - 1, 2**32, 2**70 + 5])
+@pytest.mark.parametrize("split", ["train", "val", "test", "extra"])
+def test_fast_sample_generators_give_numpys_seed_sequence_streams(seed, split):
+    """`sample_rngs` hashes the seeds of a whole chunk at once; every generator must be the one
+    `default_rng(SeedSequence(seed, spawn_key=(split, index)))` gives, draw for draw."""
+    from pipelines.canvas import sample_rngs
+
+    for start, stop in [(0, 5), (997, 1003), (59_990, 60_000), (2**31 - 2, 2**31 + 1)]:
+        fast = sample_rngs(seed, split, start, stop)
+        assert len(fast) == stop - start
+        for index, rng in zip(range(start, stop), fast):
+            expected = sample_rng(seed, split, index)
+            assert rng.integers(0, 2**63, size=4).tolist() == expected.integers(0, 2**63, size=4).tolist()
+            assert rng.integers(0, 73, size=3).tolist() == expected.integers(0, 73, size=3).tolist()
