@@ -1,10 +1,11 @@
 """Wall time, peak memory and worker scaling of a full dataset build.
 
-    python benchmarks/bench_build.py [--dataset mnist-cluttered] [--workers 1 2]
+    python benchmarks/bench_build.py [--dataset mnist-cluttered] [--workers 1 2] [--schedulers threads processes]
 
 Each build runs in a fresh subprocess (so peak RSS is that build's own) writing to a scratch
 folder; sources must be in the cache (`visatt-data fetch mnist`). Prints one line per worker
-count and the speed-up relative to the first count.
+count and local scheduler (the default uses processes when there is more than one worker: sample
+generation holds the GIL), and the speed-up relative to the first line.
 """
 
 import argparse
@@ -16,9 +17,9 @@ import time
 from pathlib import Path
 
 
-def run(dataset: str, workers: int, out: Path) -> tuple[float, float]:
+def run(dataset: str, workers: int, out: Path, scheduler: str) -> tuple[float, float]:
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "pipelines.cli", "build", dataset,
-           "--out", str(out), "--overwrite", "--workers", str(workers), "--quiet"]
+           "--out", str(out), "--overwrite", "--workers", str(workers), "--scheduler", scheduler, "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -32,16 +33,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist-cluttered")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--schedulers", nargs="+", default=["threads", "processes"], choices=["threads", "processes"])
     parser.add_argument("--repeat", type=int, default=2, help="builds per worker count; the best is reported")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = None
-        for workers in args.workers:
-            runs = [run(args.dataset, workers, Path(tmp) / "store.zarr") for _ in range(args.repeat)]
+        for scheduler, workers in [(s, w) for s in args.schedulers for w in args.workers]:
+            runs = [run(args.dataset, workers, Path(tmp) / "store.zarr", scheduler) for _ in range(args.repeat)]
             wall, rss = min(runs)
             base = base or wall
             size = sum(f.stat().st_size for f in (Path(tmp) / "store.zarr").rglob("*") if f.is_file())
-            print(f"{args.dataset}: workers={workers} wall={wall:.1f}s (best of {args.repeat}, process start "
+            print(f"{args.dataset}: {scheduler} workers={workers} wall={wall:.1f}s (best of {args.repeat}, process start "
                   f"included) peak_rss={rss:.2f}GB store={size / 1e6:.0f}MB speedup_vs_first={base / wall:.2f}x")
 
 

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version as _pkg_version
 from pathlib import Path
 
@@ -93,14 +97,40 @@ class _Progress(Callback):
             self.bar.update(result[2])
 
 
+def _die_with_parent() -> None:
+    """Worker-process initializer: a worker must not outlive its build (a SIGKILLed build's
+    workers would go on writing chunks into the folder the next build removes). On Linux the
+    kernel kills the worker when its parent dies; elsewhere a thread watches the parent."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) == 0 and os.getppid() == parent:  # PR_SET_PDEATHSIG
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.05)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _execute(tasks, *, workers: int | None, scheduler, bar) -> list:
-    if scheduler is None:
+    if scheduler is None or scheduler in ("threads", "processes"):
         # Our own pool, so that on any failure (an error, SIGTERM, Ctrl-C) the chunks being written
-        # finish before the caller removes the partial store: no thread writes into a deleted folder.
-        pool = ThreadPoolExecutor(workers or os.cpu_count())
+        # finish before the caller removes the partial store: no worker writes into a deleted folder.
+        workers = workers or os.cpu_count()
+        kind = scheduler or ("processes" if workers > 1 else "threads")
+        if kind == "processes":  # generation holds the GIL: threads do not scale; spawn, never fork after zarr
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent)
+        else:
+            pool = ThreadPoolExecutor(workers)
         try:
             with _Progress(bar):
-                return list(dask.compute(*tasks, scheduler="threads", pool=pool))
+                return list(dask.compute(*tasks, scheduler=kind, pool=pool))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     from distributed import Client, as_completed
@@ -134,8 +164,9 @@ def build_dataset(
     """Build dataset `name` into the Zarr store `out` and return its path.
 
     `source`: where the data comes from, default the dataset family's first (e.g. "mnist").
-    `scheduler`: None for a local thread pool of `workers` threads, or a dask.distributed address
-    (or Client). Workers must see `out` (a shared filesystem). A build whose recipe is a locked
+    `scheduler`: None for a local pool of `workers` (spawned processes when more than one:
+    sample generation holds the GIL; one thread otherwise), "threads" or "processes" to choose,
+    or a dask.distributed address (or Client). Workers must see `out` (a shared filesystem). A build whose recipe is a locked
     version must reproduce the lock's digests exactly, or it fails naming the arrays that differ
     and leaves any previous store untouched.
     """

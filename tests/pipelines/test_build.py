@@ -172,8 +172,28 @@ def test_a_failed_build_returns_only_after_its_worker_threads_stop():
 
     tasks = [dask.delayed(slow_chunk, pure=False)(), dask.delayed(broken_chunk, pure=False)()]
     with pytest.raises(OSError, match="disk full"):
-        _execute(tasks, workers=2, scheduler=None, bar=tqdm(disable=True))
+        _execute(tasks, workers=2, scheduler="threads", bar=tqdm(disable=True))
     assert finished.is_set()
+
+
+def _slow_chunk_file(marker: str):
+    time.sleep(0.5)
+    Path(marker).write_text("done")
+    return ("train", 0, 0, {})
+
+
+def _broken_chunk():
+    time.sleep(0.05)
+    raise OSError("disk full")
+
+
+def test_a_failed_build_returns_only_after_its_worker_processes_stop(tmp_path):
+    """The same with the default local pool of several workers (spawned processes)."""
+    marker = tmp_path / "finished"
+    tasks = [dask.delayed(_slow_chunk_file, pure=False)(str(marker)), dask.delayed(_broken_chunk, pure=False)()]
+    with pytest.raises(OSError, match="disk full"):
+        _execute(tasks, workers=2, scheduler=None, bar=tqdm(disable=True))
+    assert marker.read_text() == "done"
 
 
 def _dead_pid() -> int:
