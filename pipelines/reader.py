@@ -10,12 +10,14 @@ number of classes, image shape) comes from the root attributes `attrs["visatt"]`
 
 A split is held in memory when its (limited) images and labels fit under `memory_limit` bytes,
 and read chunk by chunk otherwise. Either way its content is checked against the digests the
-builder recorded before it is used: a deleted chunk (which zarr would read as zeros), a flipped
-byte or an edited label is refused with a one-line StoreError.
+builder recorded: a split in memory (or a limited prefix) when it is opened, a whole split that
+is streamed while its first full pass reads it (no second pass). A deleted chunk (which zarr
+would read as zeros), a flipped byte or an edited label is refused with a one-line StoreError.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -153,8 +155,48 @@ class Split:
         self.window_chunks = self.num_chunks if self.in_memory else max(1, memory_limit // (2 * self.chunk * self.sample_bytes))
         if self.in_memory:
             self._cache = (self._read_zarr("images", 0, self.size), self._read_zarr("labels", 0, self.size))
-        if verify:
+        # A whole split streamed in digest-sized chunks is checked while it is read (its first
+        # pass, e.g. the first epoch, completes the digests); anything else is checked now.
+        self._pending = None  # name -> block digest of each chunk seen so far
+        self.failure = None  # the StoreError of a read that failed (frameworks may wrap what they re-raise)
+        if verify and not self.in_memory and self.size == self._images.shape[0] and self.chunk == store_lib.CHUNK:
+            self._expected()
+            self._pending = {"images": {}, "labels": {}}
+        elif verify:
             self._verify()
+
+    @property
+    def verified(self) -> bool:
+        """False while a streamed split's first full pass has not yet completed its digests."""
+        return self._pending is None
+
+    def _expected(self) -> dict[str, str]:
+        digests = {}
+        for name in ("images", "labels"):
+            key = f"{self.name}/{name}"
+            if key not in self.info.digests:
+                raise StoreError(f"{self.info.path}: no recorded digest for {key}, so its content cannot be checked")
+            digests[name] = self.info.digests[key]
+        return digests
+
+    def _check_chunk(self, start: int, images: np.ndarray, labels: np.ndarray) -> None:
+        """Record the block digests of the chunk at `start`; when every chunk has been seen,
+        compare the arrays' digests with the recorded ones (StoreError on a difference)."""
+        c = start // self.chunk
+        for name, data in (("images", images), ("labels", labels)):
+            if c not in self._pending[name]:
+                self._pending[name][c] = store_lib.block_digest(data)
+        if all(len(seen) == self.num_chunks for seen in self._pending.values()):
+            pending, self._pending = self._pending, None
+            for name, want in self._expected().items():
+                array = self._images if name == "images" else self._labels
+                got = store_lib.combine_digests(array.shape, array.dtype, [pending[name][i] for i in range(self.num_chunks)])
+                if got != want:
+                    self._pending = pending  # still unproven: every later completion fails again
+                    self.failure = StoreError(
+                        f"{self.info.path}: {self.name}/{name} does not match its recorded digest (a damaged or "
+                        f"edited store; `visatt-data verify {self.info.path}` names what differs)")
+                    raise self.failure
 
     def _verify(self) -> None:
         """Refuse data that differs from the digests the builder recorded (a deleted chunk that
@@ -180,7 +222,8 @@ class Split:
         try:
             return np.asarray(array[start:stop])
         except Exception as e:  # a chunk that does not decode
-            raise StoreError(f"{self.info.path}: {self.name}/{name} is unreadable ({store_lib.first_line(e)})") from None
+            self.failure = StoreError(f"{self.info.path}: {self.name}/{name} is unreadable ({store_lib.first_line(e)})")
+            raise self.failure from None
 
     def __len__(self) -> int:
         return self.size
@@ -273,7 +316,28 @@ class Split:
     def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         if self.in_memory:
             return self._cache[0][start:stop], self._cache[1][start:stop]
-        return self._read_zarr("images", start, stop), self._read_zarr("labels", start, stop)
+        images, labels = self._read_zarr("images", start, stop), self._read_zarr("labels", start, stop)
+        if self._pending is not None:
+            for a in range(start - start % self.chunk, stop, self.chunk):  # every whole chunk inside the range
+                b = min(a + self.chunk, self.size)
+                if a >= start and b <= stop:
+                    self._check_chunk(a, images[a - start : b - start], labels[a - start : b - start])
+        return images, labels
+
+
+@contextlib.contextmanager
+def store_failures(*splits: Split):
+    """Re-raise a split's StoreError as itself when a framework reading it (TensorFlow runs a
+    Keras PyDataset inside its own ops) wrapped it into an error of its own."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception:
+        for split in splits:
+            if split.failure is not None:
+                raise split.failure from None
+        raise
 
 
 class MapDataset:

@@ -35,6 +35,7 @@ import numpy as np
 from visatt_models import config as cfg
 from visatt_models import registry
 from visatt_models.config import TrainConfig
+from pipelines.reader import store_failures
 from visatt_models.data import Batches, Split, StoreInfo, check_crop, open_store
 from visatt_models.evaluate import evaluate
 from visatt_models.runs import (
@@ -226,15 +227,17 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
                                 drop_remainder=True, crop=t.crop, random_crop=True, endless=True)
         val_batches = Batches(splits["val"], t.batch_size, shuffle=False, crop=t.crop)
         recorder = RunRecorder(folder, train_batches, state, started, model.task.selection_metric, time_limit_s)
-        model.fit(train_batches, validation_data=val_batches, epochs=t.epochs, initial_epoch=done,
-                  steps_per_epoch=len(train_batches), shuffle=False, callbacks=[recorder], verbose=verbose)
+        with store_failures(splits["train"], splits["val"]):
+            model.fit(train_batches, validation_data=val_batches, epochs=t.epochs, initial_epoch=done,
+                      steps_per_epoch=len(train_batches), shuffle=False, callbacks=[recorder], verbose=verbose)
         recorder.close()
     elif (folder.path / METRICS_FILE).exists():
         return json.loads((folder.path / METRICS_FILE).read_text())  # complete: nothing to do
 
     best = spec.build_model()
     load_weights_checked(best, folder.path / state["best_checkpoint"])
-    result = evaluate(best, splits["test"], batch_size=t.batch_size, mc_samples=t.mc_samples, crop=t.crop)
+    with store_failures(splits["test"]):
+        result = evaluate(best, splits["test"], batch_size=t.batch_size, mc_samples=t.mc_samples, crop=t.crop)
     state["wall_time_s"] += time.time() - started
     metrics = _metrics(spec, info, splits, state, result, best.task.selection_metric)
     write_json(folder.path / STATE_FILE, state)
@@ -397,7 +400,8 @@ def evaluate_run(out, *, store=None, mc_samples: int | None = None, limit: int |
     load_weights_checked(model, folder.path / checkpoint)
     split = Split(info, "test", limit=limit, memory_limit=t.memory_limit, verify=verify)
     mc = t.mc_samples if mc_samples is None else mc_samples
-    result = evaluate(model, split, batch_size=batch_size or t.batch_size, mc_samples=mc, crop=t.crop)
+    with store_failures(split):
+        result = evaluate(model, split, batch_size=batch_size or t.batch_size, mc_samples=mc, crop=t.crop)
     if backward is not None:
         result["forward_backward"] = _forward_backward(model, spec, backward, split, batch_size or t.batch_size, mc)
     result.update(

@@ -182,5 +182,6 @@ def test_a_damaged_store_is_refused_whichever_way_it_is_read(store, tmp_path, da
     damage(damaged)
     options = {"in memory": {}, "limited": {"limit": 10}, "streamed": {"memory_limit": 100_000}}[read]
     with pytest.raises(StoreError, match=r"damaged\.zarr: train/(images|labels) (does not match its recorded digest|is unreadable)"):
-        Split(open_store(damaged), "train", **options)
+        split = Split(open_store(damaged), "train", **options)  # in memory or limited: checked here
+        split.read_chunks(range(split.num_chunks))  # streamed whole: checked by its first full pass
     Split(open_store(damaged), "val")  # the other splits are intact

@@ -194,6 +194,22 @@ def test_training_refuses_a_damaged_store_in_one_line_and_starts_no_run(store, t
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.single_backend  # the TensorFlow path wraps what a PyDataset raises; the JAX pass runs the reader tests
+def test_a_streamed_damaged_store_stops_training_in_one_line_when_its_first_pass_completes(tmp_path):
+    """A whole streamed split is checked while the first epoch reads it (no second pass): the
+    damage ends the run with the reader's one-line error, before any epoch is committed."""
+    import shutil
+
+    big = tiny_store(tmp_path / "big.zarr", limit=2100, canvas=28, clutter_count=0)  # 3 chunks of up to 1,000
+    damaged = shutil.copytree(big, tmp_path / "damaged.zarr")
+    sorted(f for f in (damaged / "train" / "images" / "c").rglob("*") if f.is_file())[1].unlink()
+    result = run(train_main, ["--store", damaged, "--out", tmp_path / "r", "--memory-limit-mb", 1, "--epochs", 1, *CNN],
+                 ok=False)
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("Error: ") and "train/images does not match its recorded digest" in result.output
+    assert not (tmp_path / "r" / "checkpoints").exists() or not any((tmp_path / "r" / "checkpoints").iterdir())
+
+
 @pytest.mark.single_backend  # run-folder and CLI logic; the JAX pass checks resume exactness
 def test_resume_falls_back_past_a_truncated_last_checkpoint_and_eval_names_a_damaged_best(cnn_run, store, tmp_path):
     out = tmp_path / "r"

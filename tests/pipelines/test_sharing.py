@@ -222,3 +222,28 @@ def test_a_wheel_install_finds_the_packaged_lock(tmp_path):
                              check=True).stdout.splitlines()
     assert printed[0] == str(tmp_path / "site" / "pipelines" / "lock.py")
     assert printed[1] == f"{tmp_path / 'site' / 'pipelines' / 'datasets.lock'} True {len(Lock().versions())}"
+
+
+def test_a_streamed_split_is_checked_while_it_is_read_without_a_second_pass(shared, tmp_path):
+    """A whole split streamed chunk by chunk is verified by its first full pass; a deleted chunk
+    (which zarr reads as zeros) is refused when that pass completes, not silently used after."""
+    split = Split(open_store(shared / "store.zarr"), "train", memory_limit=1)
+    assert not split.in_memory and not split.verified and split.num_chunks > 2
+    for c in range(split.num_chunks - 1):
+        split.read_chunks([c])
+    assert not split.verified
+    split.read_chunks([split.num_chunks - 1, 0])  # the last unseen chunk completes the digests
+    assert split.verified
+
+    damaged = shutil.copytree(shared / "store.zarr", tmp_path / "damaged.zarr")
+    chunk = sorted(p for p in (damaged / "train" / "images").rglob("*") if p.is_file() and p.name != "zarr.json")[2]
+    chunk.unlink()
+    streamed = Split(open_store(damaged), "train", memory_limit=1)  # no pre-pass: it opens at once
+    for c in range(streamed.num_chunks - 1):
+        streamed.read_chunks([c])
+    with pytest.raises(store.StoreError, match="train/images does not match its recorded digest"):
+        streamed.read_chunks([streamed.num_chunks - 1])
+    with pytest.raises(store.StoreError, match="train/images does not match"):  # and it stays refused
+        streamed.read_chunks([streamed.num_chunks - 1])
+    with pytest.raises(store.StoreError, match="train/images does not match"):  # a prefix is checked at once
+        Split(open_store(damaged), "train", limit=100, memory_limit=1)
