@@ -38,3 +38,11 @@ def mnist_dir() -> Path:
 def svhn_sample() -> Path:
     """The real SVHN format-1 sample (a few images per split with their digitStruct.mat)."""
     return require(SVHN_SAMPLE, "train/digitStruct.mat", "real SVHN format-1 sample")
+
+
+@pytest.fixture(autouse=True)
+def _private_visatt_home(tmp_path_factory, monkeypatch):
+    """Every test gets a private $VISATT_HOME unless it sets its own: the suite never writes the
+    user's cache (~/.cache/visatt) and never depends on what is in it."""
+    if "VISATT_HOME" not in os.environ or not os.environ["VISATT_HOME"].startswith(str(tmp_path_factory.getbasetemp())):
+        monkeypatch.setenv("VISATT_HOME", str(tmp_path_factory.getbasetemp() / "visatt-home-default"))

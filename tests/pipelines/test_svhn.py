@@ -360,3 +360,22 @@ def test_cli_refuses_options_of_other_datasets(tmp_path, empty_lock):
     assert result.exit_code == 1 and "svhn has no option canvas" in result.output
     result = _cli("build", "svhn", "--source", "sample", "--out", tmp_path / "x.zarr")
     assert result.exit_code == 1 and "svhn is built from source svhn, not 'sample'" in result.output
+
+
+def test_the_parsed_index_is_cached_by_checksum_and_read_from_the_cache(tree):
+    """A whole digitStruct.mat is parsed once per machine: the index lands in the cache under its
+    sha256 and later reads take it from there (shown by a cache entry this test edits)."""
+    root, _ = tree
+    mat = root / "train" / "digitStruct.mat"
+    first = svhn.read_digit_struct(mat)
+    cached = svhn.index_cache_path(svhn._sha256_file(mat))
+    assert cached.is_file()
+    with np.load(cached) as z:
+        data = {k: z[k] for k in z.files}
+    data["names"] = np.asarray(["edited.png", *first.names[1:]])
+    np.savez(cached, **data)
+    again = svhn.read_digit_struct(mat)
+    assert again.names == ("edited.png", *first.names[1:]) and np.array_equal(again.labels, first.labels)
+    assert svhn.read_digit_struct(mat, limit=1).names == ("edited.png",)
+    cached.write_bytes(b"not an npz")  # a damaged cache entry is parsed again, not trusted
+    assert svhn.read_digit_struct(mat).names == first.names
