@@ -180,6 +180,7 @@ def test_mc_averages_log_probabilities():
     np.testing.assert_allclose(mc_log_probs(model, images, samples=3)["digit_logits"], expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.single_backend  # DRAM on JAX: test_emissions_and_steps, the MC and REINFORCE tests, test_tasks
 def test_dram_run_on_mnist_pairs_draws_glimpses_per_digit(tmp_path):
     store = tiny_store(tmp_path / "pairs.zarr", name="mnist-pairs", limit=32, canvas=84)
     out = tmp_path / "dram"

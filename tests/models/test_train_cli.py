@@ -295,6 +295,7 @@ def test_eval_refuses_another_dataset_unless_forced(cnn_run, store, other_store)
     assert len(list(cnn_run.glob("eval-*.json"))) == 2
 
 
+@pytest.mark.single_backend  # RAM on JAX: tests/models/test_ram.py and test_tasks
 def test_ram_run_reports_mc_accuracy_and_draws_glimpses(store, tmp_path):
     out = tmp_path / "ram"
     ram = ["--set", "glimpses=2", "--set", "patch_size=6", "--set", "scales=2", "--set", "core_size=16",

@@ -32,11 +32,13 @@ def test_same_bytes_for_one_two_workers_and_a_distributed_cluster(tmp_path, empt
     from distributed import Client, LocalCluster
 
     one = build_dataset("mnist-cluttered-60", tmp_path / "w1.zarr", source="sample", workers=1, progress=False)
-    two = build_dataset("mnist-cluttered-60", tmp_path / "w2.zarr", source="sample", workers=2, progress=False)
+    two = build_dataset("mnist-cluttered-60", tmp_path / "w2.zarr", source="sample", workers=2, progress=False)  # processes
+    threads = build_dataset("mnist-cluttered-60", tmp_path / "t2.zarr", source="sample", workers=2, scheduler="threads",
+                            progress=False)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
         dist = build_dataset("mnist-cluttered-60", tmp_path / "d.zarr", source="sample", scheduler=client, progress=False)
-    assert digests(one) == digests(two) == digests(dist)
+    assert digests(one) == digests(two) == digests(threads) == digests(dist)
     assert store.recompute_digests(dist) == digests(one)  # what the workers wrote is what was digested
 
 
