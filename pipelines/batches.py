@@ -21,6 +21,8 @@ samples are permuted uniformly.
 
 from __future__ import annotations
 
+import threading
+
 import keras
 import numpy as np
 
@@ -39,6 +41,7 @@ class Batches(keras.utils.PyDataset):
         one full batch). Evaluation keeps every sample.
     crop: (h, w) crops of the images (see the module docstring), random ones when
         `random_crop`, else the centre crop; None: whole images.
+    prefetch: gather up to this many batches ahead in a background thread (0: none).
     auto_epoch: move to the next epoch's order when Keras ends an epoch (`on_epoch_end`).
     endless: index batches by the global step from the start of `epoch` (batch i is batch
         i mod len of epoch `epoch + i // len`) and report no length to Keras, which then feeds
@@ -50,8 +53,12 @@ class Batches(keras.utils.PyDataset):
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                  drop_remainder: bool = False, crop: tuple[int, int] | None = None, random_crop: bool = False,
-                 endless: bool = False, auto_epoch: bool = False):
-        super().__init__(workers=1, use_multiprocessing=False)  # zarr must not run in forked workers
+                 endless: bool = False, auto_epoch: bool = False, prefetch: int = 0):
+        # Threads, never processes: zarr must not run in forked workers. With `prefetch`, Keras'
+        # ordered enqueuer gathers up to that many batches ahead in a background thread while the
+        # model steps (batches are still made one at a time, under a lock, in index order).
+        super().__init__(workers=2 if prefetch else 1, use_multiprocessing=False, max_queue_size=max(1, prefetch))
+        self._lock = threading.Lock()
         self.auto_epoch = auto_epoch
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
@@ -106,6 +113,10 @@ class Batches(keras.utils.PyDataset):
             self._offsets = crop_rng.integers(0, [height - h + 1, width - w + 1], size=(len(split), 2))  # (N, 2)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:  # the epoch order and the window cache are shared state
+            return self._batch(index)
+
+    def _batch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if self.endless and index >= 0:
             self.set_epoch(self.first_epoch + index // len(self))
             index %= len(self)

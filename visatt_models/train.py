@@ -111,6 +111,9 @@ def resume_run_spec(out, *, store=None, model=None, preset=None, overrides=(), h
     return dataclasses.replace(recorded, train=train, store=path)
 
 
+PREFETCH = 8  # training batches gathered ahead in a background thread (benchmarks/bench_trainer.py --prefetch)
+
+
 def check_same_data(recorded: dict, info: StoreInfo) -> None:
     """Raise RunError unless the store holds the dataset (name and recipe digest) recorded."""
     if (recorded["dataset"], recorded["recipe_digest"]) != (info.dataset, info.recipe_digest):
@@ -224,7 +227,7 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
 
     if done < t.epochs:
         train_batches = Batches(splits["train"], t.batch_size, shuffle=True, seed=t.seed, epoch=done,
-                                drop_remainder=True, crop=t.crop, random_crop=True, endless=True)
+                                drop_remainder=True, crop=t.crop, random_crop=True, endless=True, prefetch=PREFETCH)
         val_batches = Batches(splits["val"], t.batch_size, shuffle=False, crop=t.crop)
         recorder = RunRecorder(folder, train_batches, state, started, model.task.selection_metric, time_limit_s)
         with store_failures(splits["train"], splits["val"]):
