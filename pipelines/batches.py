@@ -58,7 +58,7 @@ class Batches(keras.utils.PyDataset):
         # ordered enqueuer gathers up to that many batches ahead in a background thread while the
         # model steps (batches are still made one at a time, under a lock, in index order).
         super().__init__(workers=2 if prefetch else 1, use_multiprocessing=False, max_queue_size=max(1, prefetch))
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.auto_epoch = auto_epoch
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
@@ -86,6 +86,10 @@ class Batches(keras.utils.PyDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Fix the sample order of `epoch` (a pure function of the seed and `epoch`)."""
+        with self._lock:  # not while a background thread builds a batch from the current order
+            self._set_epoch(epoch)
+
+    def _set_epoch(self, epoch: int) -> None:
         if epoch == self._epoch:
             return
         self._epoch = epoch

@@ -123,7 +123,7 @@ def _execute(tasks, *, workers: int | None, scheduler, bar) -> list:
         # Our own pool, so that on any failure (an error, SIGTERM, Ctrl-C) the chunks being written
         # finish before the caller removes the partial store: no worker writes into a deleted folder.
         workers = workers or os.cpu_count()
-        kind = scheduler or ("processes" if workers > 1 else "threads")
+        kind = scheduler or "threads"
         if kind == "processes":  # generation holds the GIL: threads do not scale; spawn, never fork after zarr
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent)
         else:
@@ -164,9 +164,10 @@ def build_dataset(
     """Build dataset `name` into the Zarr store `out` and return its path.
 
     `source`: where the data comes from, default the dataset family's first (e.g. "mnist").
-    `scheduler`: None for a local pool of `workers` (spawned processes when more than one:
-    sample generation holds the GIL; one thread otherwise), "threads" or "processes" to choose,
-    or a dask.distributed address (or Client). Workers must see `out` (a shared filesystem). A build whose recipe is a locked
+    `scheduler`: None or "threads" for a local pool of `workers` threads, "processes" for spawned
+    worker processes (faster with several workers: sample generation holds the GIL; what
+    `visatt-data build` uses, but a script calling it needs an `if __name__ == "__main__":`
+    guard, as any spawned pool does), or a dask.distributed address (or Client). Workers must see `out` (a shared filesystem). A build whose recipe is a locked
     version must reproduce the lock's digests exactly, or it fails naming the arrays that differ
     and leaves any previous store untouched.
     """

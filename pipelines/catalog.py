@@ -182,5 +182,6 @@ def get(ref: str, location, *, lock_path=None, overwrite: bool = False, progress
                 if compare({key: entry["digests"][key]}, {key: digest}):
                     raise StoreError(f"{location}: {key} differs from {name} {version} ({source}) in {lock.path}; "
                                      "nothing was copied")
-        store.finalize(partial, attrs)
+        # The copy's attributes name what was checked: the lock's digests and split sizes.
+        store.finalize(partial, {**attrs, "digests": {k: entry["digests"][k] for k in keys}, "splits": entry["splits"]})
     return target

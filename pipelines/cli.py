@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -44,6 +45,13 @@ def _one_line_errors(fn):
             raise click.ClickException(os_error_line(e)) from None
 
     return wrapper
+
+
+def local_scheduler(scheduler, workers):
+    """The command line's default: spawned processes when more than one worker will run."""
+    if scheduler is None and (workers or os.cpu_count() or 1) > 1:
+        return "processes"
+    return scheduler
 
 
 def _terminate_cleanly():
@@ -151,7 +159,7 @@ def fetch(dataset, from_dir, mirrors, extra, retries):
                    "split); quick runs, never a frozen version.")
 @click.option("--workers", type=click.IntRange(1), help="Workers of the local pool (default: CPU count).")
 @click.option("--scheduler", metavar="ADDRESS",
-              help="'processes' (the local default with more than one worker: sample generation holds the GIL), "
+              help="'processes' (the default here with more than one worker: sample generation holds the GIL), "
                    "'threads', or a dask.distributed scheduler address, whose workers must see --out. "
                    "The bytes are the same whichever runs the build.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (only once the new one is complete).")
@@ -169,7 +177,7 @@ def build(name, out, source, source_dir, limit, workers, scheduler, overwrite, u
     _terminate_cleanly()
     out = out or Path(f"{name}.zarr")
     build_dataset(
-        name, out, source=source, source_dir=source_dir, limit=limit, workers=workers, scheduler=scheduler,
+        name, out, source=source, source_dir=source_dir, limit=limit, workers=workers, scheduler=local_scheduler(scheduler, workers),
         overwrite=overwrite, progress=not quiet, update_lock=update_lock, lock_path=lock_path, **options,
     )
     click.echo(format_info(store_info(out)))
@@ -352,7 +360,7 @@ def lock(names, sources_, workers, lock_path):
         for source in sources_ or get_dataset(name).family.sources:
             with tempfile.TemporaryDirectory(prefix="visatt-lock-") as tmp:
                 build_dataset(name, Path(tmp) / "store.zarr", source=source, workers=workers,
-                              update_lock=True, lock_path=lock_path)
+                              scheduler=local_scheduler(None, workers), update_lock=True, lock_path=lock_path)
             click.echo(f"locked {name} {get_dataset(name).version} ({source})")
 
 

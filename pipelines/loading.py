@@ -36,15 +36,22 @@ def load(name_or_location, split: str = "train", *, version: str | None = None, 
     ref = None if store.is_url(location) else catalog.parse_ref(str(location))
     if ref is not None and not catalog.resolve_is_path(location):
         name, ref_version, ref_source = ref
-        version, source = version or ref_version, source or ref_source
+        wanted = f"{name}@{version or ref_version}:{source or ref_source}"
+        if catalog.parse_ref(wanted) is None:
+            raise ValueError(f"{wanted}: not a dataset version and source (NAME@VERSION:SOURCE)")
+        name, version, source = catalog.parse_ref(wanted)
         location = catalog.cached_path(name, version, source)
         if not location.exists():
             if not build:
-                catalog.resolve(f"{name}@{version}:{source}")  # raises, saying how to get it
+                catalog.resolve(wanted)  # raises, saying how to get it
             if version != catalog.get_dataset(name).version:
                 raise store.StoreError(f"{name} {version}: only the current version "
                                        f"{catalog.get_dataset(name).version} can be built by this visatt")
-            build_dataset(name, location, source=source, workers=workers, progress=progress)
+            try:
+                build_dataset(name, location, source=source, workers=workers, progress=progress)
+            except store.StoreError:
+                if not location.exists():  # another process may have built it meanwhile: use that one
+                    raise
     elif version is not None or source is not None:
         raise ValueError("version and source apply to a dataset name, not to a store location")
     info = reader.open_store(location, verify=verify)

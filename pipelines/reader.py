@@ -159,6 +159,7 @@ class Split:
         # pass, e.g. the first epoch, completes the digests); anything else is checked now.
         self._pending = None  # name -> block digest of each chunk seen so far
         self.failure = None  # the StoreError of a read that failed (frameworks may wrap what they re-raise)
+        self._last_chunk = None  # (chunk, images, labels) last read for `split[i]` of a streamed split
         if verify and not self.in_memory and self.size == self._images.shape[0] and self.chunk == store_lib.CHUNK:
             self._expected()
             self._pending = {"images": {}, "labels": {}}
@@ -234,8 +235,14 @@ class Split:
         index = int(index)
         if not -self.size <= index < self.size:
             raise IndexError(f"sample {index} out of range for {self.size} samples")
-        images, labels = self.read([index % self.size])
-        return images[0], labels[0]
+        index %= self.size
+        if self.in_memory:
+            return self._cache[0][index], self._cache[1][index]
+        c = index // self.chunk  # streamed: keep the last decoded chunk (a chunk per sample would be 1000x the work)
+        if self._last_chunk is None or self._last_chunk[0] != c:
+            self._last_chunk = (c, *self._read_range(*self.chunk_range(c)))
+        _, images, labels = self._last_chunk
+        return images[index - c * self.chunk], labels[index - c * self.chunk]
 
     @property
     def images(self) -> np.ndarray:
@@ -329,6 +336,8 @@ class Split:
 def store_failures(*splits: Split):
     """Re-raise a split's StoreError as itself when a framework reading it (TensorFlow runs a
     Keras PyDataset inside its own ops) wrapped it into an error of its own."""
+    for split in splits:
+        split.failure = None  # only a failure of this block is substituted
     try:
         yield
     except StoreError:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import urllib.parse
 import uuid
 import warnings
 import zipfile
@@ -128,6 +129,8 @@ def atomic_store(target: Path, *, overwrite: bool):
     partial.mkdir()
     try:
         yield partial
+        if os.path.lexists(target) and not overwrite:  # made by someone else meanwhile: keep theirs
+            raise StoreError(f"{target}: already exists (another build finished first; use --overwrite to replace it)")
         if os.path.lexists(target):
             old = partial.with_name(partial.name + _OLD)
             os.rename(target, old)  # killed from here ...
@@ -201,8 +204,8 @@ def zarr_store(location):
             import fsspec
             from zarr.storage import FsspecStore
 
-            if loc.rstrip("/").endswith(".zip"):
-                return ZipStore(fsspec.open(loc.rstrip("/"), mode="rb").open(), mode="r")
+            if urllib.parse.urlparse(loc).path.rstrip("/").endswith(".zip"):  # a packed store (query strings kept)
+                return ZipStore(fsspec.open(loc, mode="rb").open(), mode="r")
             return FsspecStore.from_url(loc.rstrip("/"), read_only=True)
         except ImportError as e:
             extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(protocol)

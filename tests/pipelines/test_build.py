@@ -32,7 +32,8 @@ def test_same_bytes_for_one_two_workers_and_a_distributed_cluster(tmp_path, empt
     from distributed import Client, LocalCluster
 
     one = build_dataset("mnist-cluttered-60", tmp_path / "w1.zarr", source="sample", workers=1, progress=False)
-    two = build_dataset("mnist-cluttered-60", tmp_path / "w2.zarr", source="sample", workers=2, progress=False)  # processes
+    two = build_dataset("mnist-cluttered-60", tmp_path / "w2.zarr", source="sample", workers=2, scheduler="processes",
+                        progress=False)
     threads = build_dataset("mnist-cluttered-60", tmp_path / "t2.zarr", source="sample", workers=2, scheduler="threads",
                             progress=False)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -190,11 +191,11 @@ def _broken_chunk():
 
 
 def test_a_failed_build_returns_only_after_its_worker_processes_stop(tmp_path):
-    """The same with the default local pool of several workers (spawned processes)."""
+    """The same with the command line's pool of several workers (spawned processes)."""
     marker = tmp_path / "finished"
     tasks = [dask.delayed(_slow_chunk_file, pure=False)(str(marker)), dask.delayed(_broken_chunk, pure=False)()]
     with pytest.raises(OSError, match="disk full"):
-        _execute(tasks, workers=2, scheduler=None, bar=tqdm(disable=True))
+        _execute(tasks, workers=2, scheduler="processes", bar=tqdm(disable=True))
     assert marker.read_text() == "done"
 
 

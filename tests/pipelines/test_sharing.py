@@ -81,9 +81,10 @@ def test_pack_refuses_a_damaged_store_and_leaves_no_file(shared, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.zarr"]
 
 
-@pytest.mark.parametrize("where", ["folder", "packed"])
+@pytest.mark.parametrize("where", ["folder", "packed", "packed?query"])
 def test_verify_and_info_read_a_store_over_http(url, where):
-    location = f"{url}/store.zarr" if where == "folder" else f"{url}/{PACKED}"
+    location = {"folder": f"{url}/store.zarr", "packed": f"{url}/{PACKED}",
+                "packed?query": f"{url}/{PACKED}?download=1"}[where]  # a query string, as download links have
     verified = cli("verify", location)
     assert "OK, every digest matches" in verified.output and f"matches {NAME} 1.0.0 (sample)" in verified.output
     info = json.loads(cli("info", location, "--json").output)
@@ -107,6 +108,7 @@ def test_get_copies_a_packed_store_from_http_into_the_cache_and_names_find_it(ur
     cached = home / "stores" / f"{NAME}-1.0.0-sample.zarr"
     assert str(cached) in result.output and cached.is_dir()
     assert "OK, every digest matches" in cli("verify", f"{NAME}:sample").output
+    assert store.store_attrs(cached)["digests"] == Lock().entry(NAME, "1.0.0", "sample")["digests"]
     listed = cli("list").output
     assert f"[cached: {cached}]" in listed
     again = cli("get", f"{NAME}:sample", "--from", f"{url}/{PACKED}", ok=False)
@@ -247,3 +249,25 @@ def test_a_streamed_split_is_checked_while_it_is_read_without_a_second_pass(shar
         streamed.read_chunks([streamed.num_chunks - 1])
     with pytest.raises(store.StoreError, match="train/images does not match"):  # a prefix is checked at once
         Split(open_store(damaged), "train", limit=100, memory_limit=1)
+
+
+def test_load_refuses_an_unknown_version_or_source_before_anything_else(home):
+    with pytest.raises(ValueError, match="not a dataset version and source"):
+        __import__("pipelines").load(NAME, source="../../x", build=True)
+    with pytest.raises(store.StoreError, match="is not in the cache"):
+        __import__("pipelines").load(NAME, version="9.9.9", source="sample")
+
+
+def test_load_with_build_works_from_a_plain_script_without_a_main_guard(tmp_path):
+    """The README's example is a plain script: building from it must not spawn processes that
+    re-run the script (a spawned pool needs an `if __name__ == "__main__":` guard)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "first.py"
+    script.write_text('import pipelines\nsplit = pipelines.load("mnist-translated-60", source="sample", split="test", '
+                      'build=True, workers=2)\nprint(split.images.shape)\n')
+    env = dict(os.environ, VISATT_HOME=str(tmp_path / "home"))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "(2000, 60, 60, 1)"
