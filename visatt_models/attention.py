@@ -164,11 +164,15 @@ class AttentionModel(VisattModel):
         super().__init__(config, task, **kwargs)
         self.seed_generator = keras.random.SeedGenerator(self.config.seed)
         self.sampling = self.add_weight(shape=(), initializer="ones", trainable=False, name="sampling")
+        # Training steps seen, for `policy_warmup_steps` (saved with the model, so a resumed run
+        # continues the count; only models that use it have it, so older checkpoints still load).
+        self.policy_steps = (self.add_weight(shape=(), initializer="zeros", trainable=False, name="policy_steps",
+                                             dtype="int32") if getattr(self.config, "policy_warmup_steps", 0) else None)
         self.ce_tracker = keras.metrics.Mean(name="ce_loss")
         self.reinforce_tracker = keras.metrics.Mean(name="reinforce_loss")
         self.baseline_tracker = keras.metrics.Mean(name="baseline_loss")
 
-    def hybrid_loss(self, ce, reinforce, baseline_mse, sample_weight=None):
+    def hybrid_loss(self, ce, reinforce, baseline_mse, sample_weight=None, training=True):
         """The hybrid loss of RAM and DRAM from per-sample terms (B,): each averaged over the batch,
         tracked as a metric and weighted by the config's `ce_weight`, `reinforce_weight` and
         `baseline_weight`."""
@@ -177,7 +181,15 @@ class AttentionModel(VisattModel):
         self.reinforce_tracker.update_state(reinforce)
         self.baseline_tracker.update_state(baseline_mse)
         c = self.config
-        return self.with_regularisation(c.ce_weight * ce + c.reinforce_weight * reinforce + c.baseline_weight * baseline_mse)
+        weight = c.reinforce_weight
+        if self.policy_steps is not None:
+            # Exactly zero before the step: Adam then makes no step on a layer whose only gradient
+            # is REINFORCE (m and v stay 0), so the policy cannot random-walk to the border while
+            # the reward is still noise (the classifier at chance).
+            weight = weight * ops.cast(self.policy_steps >= c.policy_warmup_steps, ce.dtype)
+            if training:
+                self.policy_steps.assign(self.policy_steps + 1)
+        return self.with_regularisation(c.ce_weight * ce + weight * reinforce + c.baseline_weight * baseline_mse)
 
     def location_noise(self, batch, steps, deterministic=False):
         """Standard normal policy noise (B, steps, 2), scaled by `sampling`; zeros when deterministic."""

@@ -86,6 +86,9 @@ class DRAMConfig:
     detach_policy_gradient: bool = False  # True: REINFORCE trains only the emission network
     ce_weight: float = 1.0
     reinforce_weight: float = 0.05
+    # Optimizer steps with no REINFORCE term at all (the location policy keeps its initial, near-
+    # centre means while cross-entropy trains the rest); 0: from the first step.
+    policy_warmup_steps: int = 0
     baseline_weight: float = 1.0
     seed: int = 0
 
@@ -107,6 +110,8 @@ class DRAMConfig:
             raise ValueError(f"std must be > 0, got {self.std}")
         if self.location_mean not in ("linear", "tanh"):
             raise ValueError(f"location_mean must be 'linear' or 'tanh', got {self.location_mean!r}")
+        if self.policy_warmup_steps < 0:
+            raise ValueError(f"policy_warmup_steps must be >= 0, got {self.policy_warmup_steps}")
 
 
 @keras.saving.register_keras_serializable(package="visatt")
@@ -273,5 +278,5 @@ class DRAM(AttentionModel):
         n = self.config.glimpses_per_digit
         reinforce, baseline_mse = reinforce_terms(y_pred["log_pi"], ops.repeat(returns, n, axis=1), y_pred["baseline"],
                                                   ops.repeat(credited, n, axis=1))  # (B,), (B,)
-        return self.hybrid_loss(ce, reinforce, baseline_mse, sample_weight)
+        return self.hybrid_loss(ce, reinforce, baseline_mse, sample_weight, training)
 

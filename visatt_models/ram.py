@@ -75,6 +75,9 @@ class RAMConfig:
     detach_policy_gradient: bool = False
     ce_weight: float = 1.0
     reinforce_weight: float = 1.0
+    # Optimizer steps with no REINFORCE term at all (the location policy keeps its initial, near-
+    # centre means while cross-entropy trains the rest); 0: from the first step.
+    policy_warmup_steps: int = 0
     baseline_weight: float = 1.0
     seed: int = 0  # weight initialisation and location sampling
 
@@ -89,6 +92,8 @@ class RAMConfig:
             raise ValueError(f"std must be > 0, got {self.std}")
         if self.location_mean not in ("linear", "tanh"):
             raise ValueError(f"location_mean must be 'linear' or 'tanh', got {self.location_mean!r}")
+        if self.policy_warmup_steps < 0:
+            raise ValueError(f"policy_warmup_steps must be >= 0, got {self.policy_warmup_steps}")
 
 
 @keras.saving.register_keras_serializable(package="visatt")
@@ -269,4 +274,4 @@ class RAM(AttentionModel):
         log_pi = y_pred["log_pi"]  # (B, T)
         rewards = ops.broadcast_to(reward[:, None], ops.shape(log_pi))  # R credited to every step
         reinforce, baseline_mse = reinforce_terms(log_pi, rewards, y_pred["baseline"])  # (B,), (B,)
-        return self.hybrid_loss(ce, reinforce, baseline_mse, sample_weight)
+        return self.hybrid_loss(ce, reinforce, baseline_mse, sample_weight, training)

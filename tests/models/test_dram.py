@@ -124,6 +124,23 @@ def test_reinforce_alone_moves_the_emission_network_and_cross_entropy_alone_does
     assert changed(classifier, weights_of(model.classifier))
 
 
+def test_a_policy_warm_up_keeps_the_emission_network_still_until_its_step():
+    """`policy_warmup_steps=2`: no REINFORCE for two optimizer steps (Adam makes no step on the
+    emission network, whose only gradient it is), then it learns; the classifier learns throughout."""
+    images, labels = sequences()
+    model = DRAM(dataclasses.replace(TINY, policy_warmup_steps=2), SequenceTask())
+    model(images)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=None)
+    start, classifier = weights_of(model.emission_network), weights_of(model.classifier)
+    model.fit(images, labels, batch_size=len(images), epochs=2, verbose=0, shuffle=False)  # steps 0 and 1
+    assert not changed(start, weights_of(model.emission_network))
+    assert changed(classifier, weights_of(model.classifier))
+    model.fit(images, labels, batch_size=len(images), epochs=1, verbose=0, shuffle=False)  # step 2
+    assert changed(start, weights_of(model.emission_network))
+    with pytest.raises(ValueError, match="policy_warmup_steps"):
+        dataclasses.replace(TINY, policy_warmup_steps=-1)
+
+
 @pytest.mark.parametrize("length", [1, 2, 3, 4, 5])
 def test_end_of_sequence_after_the_last_digit(length):
     task = SequenceTask()
