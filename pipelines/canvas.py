@@ -141,17 +141,14 @@ def add_clutter(canvas: np.ndarray, rng_rows: list, pool_images: np.ndarray, ind
     """
     if not count:
         return
-    b, c, n_pool = len(canvas), canvas.shape[1], len(pool_images)
-    if n_pool < 2:
-        raise ValueError(f"the split has {n_pool} digit(s): a sample needs another digit")
+    b, c = len(canvas), canvas.shape[1]
     others = np.empty((b, count), np.int64)  # (B, K)
     crop_at = np.empty((b, count, 2), np.int64)  # (B, K, 2)
     place_at = np.empty((b, count, 2), np.int64)  # (B, K, 2)
-    for row, rng in enumerate(rng_rows):  # the draws of `other_digits`, then the offsets
-        others[row] = rng.integers(0, n_pool - 1, size=count)
+    for row, rng in enumerate(rng_rows):
+        others[row] = other_digits(rng, len(pool_images), index0 + row, count)
         crop_at[row] = rng.integers(0, DIGIT - size + 1, size=(count, 2))
         place_at[row] = rng.integers(0, c - size + 1, size=(count, 2))
-    others += others >= np.arange(index0, index0 + b)[:, None]  # skip the sample's own digit, as other_digits
     for j in range(count):
         patches = crop(pool_images, others[:, j], crop_at[:, j, 0], crop_at[:, j, 1], size)
         paste(canvas, patches, place_at[:, j, 0], place_at[:, j, 1])
