@@ -37,9 +37,10 @@ def load(name_or_location, split: str = "train", *, version: str | None = None, 
     if ref is not None and not catalog.resolve_is_path(location):
         name, ref_version, ref_source = ref
         wanted = f"{name}@{version or ref_version}:{source or ref_source}"
-        if catalog.parse_ref(wanted) is None:
+        parsed = catalog.parse_ref(wanted)
+        if parsed is None:
             raise ValueError(f"{wanted}: not a dataset version and source (NAME@VERSION:SOURCE)")
-        name, version, source = catalog.parse_ref(wanted)
+        name, version, source = parsed
         location = catalog.cached_path(name, version, source)
         if not location.exists():
             if not build:

@@ -194,29 +194,27 @@ class Split:
                 got = store_lib.combine_digests(array.shape, array.dtype, [pending[name][i] for i in range(self.num_chunks)])
                 if got != want:
                     self._pending = pending  # still unproven: every later completion fails again
-                    self.failure = StoreError(
-                        f"{self.info.path}: {self.name}/{name} does not match its recorded digest (a damaged or "
-                        f"edited store; `visatt-data verify {self.info.path}` names what differs)")
+                    self.failure = self._mismatch(name)
                     raise self.failure
+
+    def _mismatch(self, name: str) -> StoreError:
+        return StoreError(f"{self.info.path}: {self.name}/{name} does not match its recorded digest (a damaged or "
+                          f"edited store; `visatt-data verify {self.info.path}` names what differs)")
 
     def _verify(self) -> None:
         """Refuse data that differs from the digests the builder recorded (a deleted chunk that
         zarr would read as zeros, a flipped byte, an edited label): the digest of each array is
         recomputed from the bytes held in memory when the whole split is, else in one pass over
         the store, chunk by chunk (`pipelines.store.array_digest`)."""
+        expected = self._expected()
         for name, array, cached in (("images", self._images, 0), ("labels", self._labels, 1)):
-            key = f"{self.name}/{name}"
-            want = self.info.digests.get(key)
-            if want is None:
-                raise StoreError(f"{self.info.path}: no recorded digest for {key}, so its content cannot be checked")
             whole = self.in_memory and self.size == array.shape[0]
             try:
                 got = store_lib.array_digest(self._cache[cached] if whole else array)
             except Exception as e:  # a chunk that does not decode
-                raise StoreError(f"{self.info.path}: {key} is unreadable ({store_lib.first_line(e)})") from None
-            if got != want:
-                raise StoreError(f"{self.info.path}: {key} does not match its recorded digest (a damaged or edited "
-                                 f"store; `visatt-data verify {self.info.path}` names what differs)")
+                raise StoreError(f"{self.info.path}: {self.name}/{name} is unreadable ({store_lib.first_line(e)})") from None
+            if got != expected[name]:
+                raise self._mismatch(name)
 
     def _read_zarr(self, name: str, start: int, stop: int) -> np.ndarray:
         array = self._images if name == "images" else self._labels
