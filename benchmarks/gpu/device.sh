@@ -1,8 +1,11 @@
 #!/bin/bash
 # The command of one GPU session (the device tool's `run`), from the repository root:
 #
-#   run(command="bash benchmarks/gpu/device.sh", carry=[".whl", ".data/mnist"], timeout_s=570)
-#   run(command="bash benchmarks/gpu/device.sh --throughput --train-min 7", ...)   # training only
+#   run(command="bash benchmarks/gpu/device.sh", carry=[".whl", ".data/mnist"], timeout_s=600)
+#   run(command="bash benchmarks/gpu/device.sh --throughput --only cnn-seq stn-seq", ...)   # no throughput step
+#
+# run.py ends itself at --deadline-min (default 9.3 minutes) so that everything is written
+# before the device call's 10-minute limit.
 #
 # Prepare on the CPU first (README, "On a GPU"):
 #   .venv/bin/python benchmarks/gpu/make_wheels.py                 # .whl/: Keras, zarr, dask, ...

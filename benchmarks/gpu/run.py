@@ -6,32 +6,38 @@
 Steps (each printed as it goes, everything also written under --out):
 
 1. Stores: builds the datasets the runs need from the MNIST files in `--mnist` (all cores,
-   frozen versions checked against datasets.lock), into `--stores`. `--smoke`: from the
-   embedded MNIST sample, a few dozen images per split.
-2. Throughput (`THROUGHPUT`): training images/s of each model via `model.fit` on random uint8
-   images of its input size, after one fit that traces and compiles (its seconds are reported
-   too): the same loop `visatt-train` runs (no per-batch callback), on the current Keras
-   backend and device.
-3. Accuracy (`RUNS`): each run trains with `visatt_models.train.train` into `--runs/NAME`
-   within its share of `--train-min` minutes (`time_limit_s`: the session ends after the last
-   epoch that fits; the best-val checkpoint is tested; `visatt-train --out DIR --resume`
-   continues it anywhere).
+   spawned processes; frozen versions checked against datasets.lock), into `--stores`.
+   `--smoke`: from the embedded MNIST sample, a few dozen images per split.
+2. Throughput (`THROUGHPUT`, in a child process, alone on the device, within
+   `--throughput-s`): training images/s of each model via `model.fit` on random uint8 images of
+   its input size, after one fit that traces and compiles (its seconds are reported too): the
+   same loop `visatt-train` runs (no per-batch callback), on the current Keras backend and device.
+3. Accuracy (`RUNS`): every selected run at once, one child process each, sharing the device
+   (small models leave most of a GPU idle, so runs side by side cost little of each other's
+   speed; their images/s are therefore not solo figures). Each trains with
+   `visatt_models.train.train` into `--runs/NAME` until the session deadline less `--reserve-s`
+   (`time_limit_s`: the session ends after the last epoch that fits; the best-val checkpoint is
+   tested and pictured; `visatt-train --out DIR --resume` continues it anywhere). A run still
+   going at `--deadline-min` is stopped; its log.csv is what it reports.
 
 Outputs in `--out`: `summary.json` (device, throughput, each run's test figures, epochs, wall
 time), `results.tar.gz` (each run folder without checkpoints: run.json, state.json,
-metrics.json, log.csv), so that a device call brings back two files. The README's GPU tables
-are made from `summary.json`.
+metrics.json, log.csv, pictures, and the run's console log), so that a device call brings back
+a few files. The README's GPU tables are made from `summary.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import os
 import platform
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tarfile
 import time
@@ -40,17 +46,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the checkout's packages, installed or not
 
-# (label, model, preset, task, image side, batch size)
+# (label, model, preset, task, image side, batch size), most wanted first: the throughput step
+# stops starting entries when its time is up.
 THROUGHPUT = [
     ("RAM paper-100, batch 128", "ram", "paper-100", "digit", 100, 128),
     ("RAM paper-100, batch 1024", "ram", "paper-100", "digit", 100, 1024),
-    ("RAM visatt-60", "ram", "visatt-60", "digit", 60, 128),
-    ("STN (defaults)", "stn", None, "digit", 60, 128),
-    ("CNN seed", "cnn", "seed", "digit", 100, 128),
     ("CNN modern", "cnn", "modern", "digit", 100, 128),
+    ("STN (defaults)", "stn", None, "digit", 60, 128),
+    ("DRAM visatt-small", "dram", "visatt-small", "sequence", 64, 128),
     ("CNN modern-seq", "cnn", "modern-seq", "sequence", 64, 128),
     ("ST-CNN single", "stn", "st-cnn-single", "sequence", 64, 128),
-    ("DRAM visatt-small", "dram", "visatt-small", "sequence", 64, 128),
+    ("RAM visatt-60", "ram", "visatt-60", "digit", 60, 128),
+    ("CNN seed", "cnn", "seed", "digit", 100, 128),
     ("DRAM paper", "dram", "paper", "sequence", 64, 128),
 ]
 
@@ -62,25 +69,30 @@ class Run:
     model: str
     preset: str | None
     overrides: tuple[str, ...] = ()
-    share: float = 1.0  # of the training minutes
     options: tuple[tuple[str, object], ...] = ()
     default: bool = False  # trained when --only is not given
 
 
-# Each run costs about a minute of compilation on top of its share (JAX compiles the training
-# step, validation, and the test passes: sampled, deterministic, Monte-Carlo), so one 10-minute
-# device call trains two or three of them: the defaults are the main line's open targets.
+# A warm-up of 842 steps = 2 epochs of mnist-pairs (54,000 / 128): REINFORCE starts after them.
+WARMUP = "policy_warmup_steps=842"
 RUNS = [
-    Run("dram-pairs", "mnist-pairs", "dram", "visatt-small", ("emissions=3", "scales=4"), share=1.5, default=True),
+    Run("dram-pairs", "mnist-pairs", "dram", "visatt-small", ("emissions=3", "scales=4"), default=True),
+    Run("dram-pairs-warmup", "mnist-pairs", "dram", "visatt-small", ("emissions=3", "scales=4", WARMUP), default=True),
+    Run("dram-pairs-tanh-warmup", "mnist-pairs", "dram", "visatt-small",
+        ("emissions=3", "scales=4", "location_mean=tanh", WARMUP), default=True),
+    Run("dram-seq-warmup", "mnist-sequences", "dram", "visatt-small", ("scales=3", WARMUP), default=True),
+    # The ablation: REINFORCE never starts (the emission network keeps its initial weights).
+    Run("dram-pairs-no-policy", "mnist-pairs", "dram", "visatt-small",
+        ("emissions=3", "scales=4", "policy_warmup_steps=1000000000")),
+    Run("cnn-seq", "mnist-sequences", "cnn", "modern-seq", default=True),
+    Run("stn-seq", "mnist-sequences", "stn", "st-cnn-single", default=True),
     Run("ram-c60", "mnist-cluttered-60", "ram", "visatt-60", default=True),
-    Run("cnn-seq", "mnist-sequences", "cnn", "modern-seq"),
-    Run("stn-seq", "mnist-sequences", "stn", "st-cnn-single"),
-    Run("dram-seq", "mnist-sequences", "dram", "visatt-small", ("scales=3",), share=1.5),
+    Run("stn-c60", "mnist-cluttered-60", "stn", None, default=True),
     Run("dram-c60", "mnist-cluttered-60", "dram", "visatt-small", ("emissions=1",)),
     Run("ram-c100", "mnist-cluttered-100", "ram", "visatt-100"),
-    Run("stn-c60", "mnist-cluttered-60", "stn", None),
     Run("cnn-seed100", "mnist-cluttered", "cnn", "modern"),
 ]
+RUN_FILES = ("run.json", "state.json", "metrics.json", "log.csv")  # and every picture (*.png)
 
 
 def log(message: str) -> None:
@@ -107,12 +119,15 @@ def build_stores(datasets, stores: Path, mnist: Path | None, smoke: bool) -> dic
         out = stores / f"{name}.zarr"
         if smoke:
             build_dataset(name, out, source="sample", limit=64, workers=2, progress=False, overwrite=True)
-        else:
-            build_dataset(name, out, source_dir=mnist, workers=os.cpu_count(), progress=False, overwrite=True)
+        else:  # processes: generation holds the GIL, so threads would not use the cores
+            build_dataset(name, out, source_dir=mnist, workers=os.cpu_count(), scheduler="processes",
+                          progress=False, overwrite=True)
         log(f"store {name}: {time.perf_counter() - start:.1f} s")
         paths[name] = out
     return paths
 
+
+# ---------------------------------------------------------------- children (one per step/run)
 
 def throughput(entry, steps: int, repeats: int, batch_scale: float) -> dict:
     import keras
@@ -153,30 +168,173 @@ def throughput(entry, steps: int, repeats: int, batch_scale: float) -> dict:
     return result
 
 
-def train_run(run: Run, store: Path, runs: Path, seconds: float, smoke: bool) -> dict:
+def throughput_child(labels, out: Path, seconds: float, steps: int, smoke: bool) -> None:
+    """Measures the entries in order, writing `out` after each; starts none after `seconds`."""
+    import keras
+
+    start = time.perf_counter()
+    result = {"device": device_name(), "backend": keras.backend.backend(), "keras": keras.__version__,
+              "throughput": [], "skipped": []}
+    entries = [e for e in THROUGHPUT if labels is None or any(t in e[0] for t in labels)]
+    for entry in entries:
+        if time.perf_counter() - start > seconds:
+            result["skipped"].append(entry[0])
+            continue
+        steps_, repeats, scale = (1, 1, 1 / 64) if smoke else (steps, 2, 1.0)
+        result["throughput"].append(throughput(entry, steps_, repeats, scale))
+        _write(out, result)
+    if result["skipped"]:
+        log(f"throughput: out of time, skipped {', '.join(result['skipped'])}")
+    _write(out, result)
+
+
+def run_child(run: Run, store: Path, runs: Path, seconds: float, smoke: bool) -> None:
+    """Trains one run into runs/NAME within `seconds` of training; writes runs/NAME.result.json."""
+    import keras
+
     from visatt_models.train import make_run_spec, train
 
     options = dict(run.options)
-    options.setdefault("epochs", 1 if smoke else 200)
+    options.setdefault("epochs", 1 if smoke else 500)
     if smoke:
         options.update(limit=48, batch_size=16, mc_samples=2)
     spec = make_run_spec(str(store), run.model, preset=run.preset, overrides=list(run.overrides), **options)
-    folder = runs / run.name
     start = time.perf_counter()
-    metrics = train(spec, folder, mode="overwrite", plots=False, verbose=0, time_limit_s=seconds)
+    metrics = train(spec, runs / run.name, mode="overwrite", plots=True, verbose=2, time_limit_s=seconds)
     keep = {k: v for k, v in metrics.items() if k.startswith("test_") or k in (
         "epochs_completed", "best_epoch", "best_val", "train_images_per_s", "wall_time_s")}
     log(f"run {run.name}: {time.perf_counter() - start:.0f} s, {json.dumps(keep)}")
+    _write(runs / f"{run.name}.result.json", {**_describe(run), "device": device_name(),
+                                              "backend": keras.backend.backend(), **keep})
+
+
+# ---------------------------------------------------------------- the session (no Keras here)
+
+def _describe(run: Run) -> dict:
     return {"name": run.name, "dataset": run.dataset, "model": run.model, "preset": run.preset,
-            "overrides": list(run.overrides), **keep}
+            "overrides": list(run.overrides)}
+
+
+def _child(args, *extra, log_file: Path) -> subprocess.Popen:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(args.out), *extra]
+    if args.smoke:
+        cmd.append("--smoke")
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, stdout=log_file.open("w"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+
+
+def _wait(procs: dict, deadline: float) -> dict:
+    """Waits for the children until `deadline` (perf_counter); stops those still running. {name: rc}."""
+    codes = {}
+    while len(codes) < len(procs):
+        for name, proc in procs.items():
+            if name not in codes and proc.poll() is not None:
+                codes[name] = proc.returncode
+                log(f"{name}: exit {proc.returncode}")
+        if len(codes) < len(procs):
+            if time.perf_counter() > deadline:
+                late = {name: proc for name, proc in procs.items() if name not in codes}
+                log(f"still running at the deadline, stopped: {', '.join(late)}")
+                _stop(late.values())
+                codes.update(dict.fromkeys(late, "stopped"))
+            else:
+                time.sleep(1)
+    return codes
+
+
+def _stop(procs) -> None:
+    """SIGTERM to every process group at once, SIGKILL to those alive 5 s later."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signum)
+            except ProcessLookupError:
+                pass
+        end = time.perf_counter() + 5
+        while time.perf_counter() < end and any(proc.poll() is None for proc in procs):
+            time.sleep(0.2)
+    for proc in procs:
+        proc.wait()
+
+
+def _last_epoch(folder: Path) -> dict:
+    """The last row of a run's log.csv (a stopped run's figures), as numbers."""
+    try:
+        with (folder / "log.csv").open() as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return {}
+    if not rows:
+        return {}
+    return {"last_epoch": {k: float(v) if v not in ("", None) else None for k, v in rows[-1].items()}}
 
 
 def pack(runs: Path, archive: Path) -> None:
     with tarfile.open(archive, "w:gz") as tar:
+        for f in sorted(runs.glob("*.log")):
+            tar.add(f, arcname=f.name)
         for folder in sorted(p for p in runs.iterdir() if p.is_dir()):
             for f in sorted(folder.iterdir()):
-                if f.is_file():
+                if f.is_file() and (f.name in RUN_FILES or f.suffix == ".png"):
                     tar.add(f, arcname=f"{folder.name}/{f.name}")
+
+
+def session(args, runs: list[Run]) -> None:
+    start = time.perf_counter()
+    deadline = start + 60 * args.deadline_min if args.deadline_min else float("inf")
+    summary = {"python": platform.python_version(), "smoke": args.smoke, "deadline_min": args.deadline_min}
+    args.runs.mkdir(parents=True, exist_ok=True)
+    stores = build_stores([r.dataset for r in runs], args.stores, args.mnist, args.smoke)
+    summary["stores_s"] = round(time.perf_counter() - start, 1)
+
+    if args.throughput is None or args.throughput:
+        out = args.out / "throughput.json"
+        child = _child(args, "--child-throughput", *(args.throughput or ()), "--throughput-s", str(args.throughput_s),
+                       "--steps", str(args.steps), log_file=args.runs / "throughput.log")
+        rc = _wait({"throughput": child}, min(deadline, time.perf_counter() + args.throughput_s + 120))
+        summary["throughput_exit"] = rc["throughput"]
+        if out.exists():
+            summary.update(json.loads(out.read_text()))
+            out.unlink()
+        _write(args.out / "summary.json", summary)
+
+    if runs:
+        for r in runs:
+            shutil.rmtree(args.runs / r.name, ignore_errors=True)
+        seconds = (deadline - time.perf_counter() - args.reserve_s) if args.deadline_min else 1e9
+        if seconds < (5 if args.smoke else 60):
+            log(f"no time left to train ({seconds:.0f} s)")
+        else:
+            log(f"training {len(runs)} runs side by side, {seconds:.0f} s each")
+            procs = {r.name: _child(args, "--child-run", r.name, "--store", str(stores[r.dataset]),
+                                    "--runs", str(args.runs), "--seconds", str(seconds),
+                                    log_file=args.runs / f"{r.name}.log") for r in runs}
+            codes = _wait(procs, deadline)
+            summary["runs"] = []
+            for r in runs:
+                result = args.runs / f"{r.name}.result.json"
+                entry = json.loads(result.read_text()) if result.exists() else {**_describe(r), **_last_epoch(args.runs / r.name)}
+                summary["runs"].append({**entry, "exit": codes[r.name]})
+                summary.setdefault("device", entry.get("device"))
+        pack(args.runs, args.out / "results.tar.gz")
+    summary["session_s"] = round(time.perf_counter() - start, 1)
+    _write(args.out / "summary.json", summary)
+    for line in _report(summary):
+        log(line)
+    log(f"wrote {args.out / 'summary.json'}")
+
+
+def _report(summary: dict):
+    """One line per throughput entry and per run, for the console."""
+    for t in summary.get("throughput", []):
+        yield f"{t['label']:<28} {t['images_per_s']:>10.0f} images/s"
+    for r in summary.get("runs", []):
+        figures = {k.removeprefix("test_"): round(v, 4) for k, v in r.items()
+                   if k.startswith("test_") and ("error" in k or k == "test_accuracy" or k.startswith("test_accuracy_"))}
+        if "last_epoch" in r:
+            figures = {k: v for k, v in r["last_epoch"].items() if k.startswith("val_") or k == "epoch"}
+        yield f"{r['name']:<24} exit {r['exit']} epochs {r.get('epochs_completed', '?')} {json.dumps(figures)}"
 
 
 def main(argv=None):
@@ -185,45 +343,35 @@ def main(argv=None):
     parser.add_argument("--mnist", type=Path, help="folder of the four MNIST .gz files (not needed with --smoke)")
     parser.add_argument("--stores", type=Path, default=Path("/tmp/visatt-gpu/stores"))
     parser.add_argument("--runs", type=Path, default=Path("/tmp/visatt-gpu/runs"))
-    parser.add_argument("--train-min", type=float, default=4.0, help="minutes of training, shared by the runs")
+    parser.add_argument("--deadline-min", type=float, default=9.3,
+                        help="the whole session's minutes (0: none); runs still going then are stopped")
+    parser.add_argument("--reserve-s", type=float, default=110,
+                        help="seconds kept after training for each run's test passes and pictures")
     parser.add_argument("--only", nargs="*", help="run names to train (default: those marked default in RUNS); "
                         "none: skip training")
     parser.add_argument("--throughput", nargs="*", help="throughput entries whose label contains one of these "
                         "(default: all); none: skip the throughput step")
+    parser.add_argument("--throughput-s", type=float, default=75, help="no throughput entry starts after this")
     parser.add_argument("--steps", type=int, default=50, help="throughput: steps per timed fit")
     parser.add_argument("--smoke", action="store_true", help="tiny everything, on any machine (a test)")
+    parser.add_argument("--child-throughput", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument("--child-run", help=argparse.SUPPRESS)
+    parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child_throughput is not None:
+        return throughput_child(args.child_throughput or None, args.out / "throughput.json", args.throughput_s,
+                                args.steps, args.smoke)
+    if args.child_run:
+        run = next(r for r in RUNS if r.name == args.child_run)
+        return run_child(run, args.store, args.runs, args.seconds, args.smoke)
     if not args.smoke and args.mnist is None:
         parser.error("--mnist is required (or --smoke)")
     args.out.mkdir(parents=True, exist_ok=True)
     unknown = set(args.only or ()) - {r.name for r in RUNS}
     if unknown:
         parser.error(f"unknown run(s) {', '.join(sorted(unknown))}; known: {', '.join(r.name for r in RUNS)}")
-    runs = [r for r in RUNS if (r.default if args.only is None else r.name in args.only)]
-    summary = {"device": device_name(), "python": platform.python_version(), "smoke": args.smoke}
-    import keras
-
-    summary.update(backend=keras.backend.backend(), keras=keras.__version__)
-    log(f"device: {summary['device']}, keras {keras.__version__}")
-
-    stores = build_stores([r.dataset for r in runs], args.stores, args.mnist, args.smoke)
-    entries = [e for e in THROUGHPUT if args.throughput is None or any(t in e[0] for t in args.throughput)]
-    if entries:
-        steps, repeats, scale = (1, 1, 1 / 64) if args.smoke else (args.steps, 2, 1.0)
-        summary["throughput"] = [throughput(entry, steps, repeats, scale) for entry in entries]
-        _write(args.out / "summary.json", summary)
-    if runs:
-        shutil.rmtree(args.runs, ignore_errors=True)
-        args.runs.mkdir(parents=True)
-        total = sum(r.share for r in runs)
-        summary["runs"] = []
-        for r in runs:
-            seconds = 60 * args.train_min * r.share / total
-            summary["runs"].append(train_run(r, stores[r.dataset], args.runs, seconds, args.smoke))
-            _write(args.out / "summary.json", summary)
-        pack(args.runs, args.out / "results.tar.gz")
-    _write(args.out / "summary.json", summary)
-    log(f"wrote {args.out / 'summary.json'}")
+    session(args, [r for r in RUNS if (r.default if args.only is None else r.name in args.only)])
 
 
 def _write(path: Path, values) -> None:
