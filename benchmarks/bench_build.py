@@ -4,8 +4,9 @@
 
 Each build runs in a fresh subprocess (so peak RSS is that build's own) writing to a scratch
 folder; sources must be in the cache (`visatt-data fetch mnist`). Prints one line per worker
-count and local scheduler (the default uses processes when there is more than one worker: sample
-generation holds the GIL), and the speed-up relative to the first line.
+count and local scheduler (`visatt-data build` uses threads, or processes with more than one
+worker for datasets whose generation holds the GIL: mnist-sequences, svhn), and the speed-up
+relative to the first line.
 """
 
 import argparse

@@ -20,6 +20,8 @@ from importlib.metadata import PackageNotFoundError, version as _pkg_version
 from pathlib import Path
 
 import dask
+import dask.multiprocessing
+import dask.threaded
 from dask.callbacks import Callback
 from tqdm.auto import tqdm
 
@@ -130,7 +132,9 @@ def _execute(tasks, *, workers: int | None, scheduler, bar) -> list:
             pool = ThreadPoolExecutor(workers)
         try:
             with _Progress(bar):
-                return list(dask.compute(*tasks, scheduler=kind, pool=pool))
+                # The scheduler as a function: a name makes dask import distributed (0.3 s) to look for a client.
+                get = dask.multiprocessing.get if kind == "processes" else dask.threaded.get
+                return list(dask.compute(*tasks, scheduler=get, pool=pool))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     from distributed import Client, as_completed

@@ -47,9 +47,10 @@ def _one_line_errors(fn):
     return wrapper
 
 
-def local_scheduler(scheduler, workers):
-    """The command line's default: spawned processes when more than one worker will run."""
-    if scheduler is None and (workers or os.cpu_count() or 1) > 1:
+def local_scheduler(scheduler, workers, name):
+    """The command line's default: threads, or spawned processes when more than one worker will
+    run and the dataset's generation mostly holds the GIL (per-sample Python work)."""
+    if scheduler is None and (workers or os.cpu_count() or 1) > 1 and get_dataset(name).family.gil_bound:
         return "processes"
     return scheduler
 
@@ -159,8 +160,9 @@ def fetch(dataset, from_dir, mirrors, extra, retries):
                    "split); quick runs, never a frozen version.")
 @click.option("--workers", type=click.IntRange(1), help="Workers of the local pool (default: CPU count).")
 @click.option("--scheduler", metavar="ADDRESS",
-              help="'processes' (the default here with more than one worker: sample generation holds the GIL), "
-                   "'threads', or a dask.distributed scheduler address, whose workers must see --out. "
+              help="'threads' (the default), 'processes' (the default with more than one worker for datasets whose "
+                   "generation is per-sample Python work: mnist-sequences, svhn, svhn-64), or a dask.distributed "
+                   "scheduler address, whose workers must see --out. "
                    "The bytes are the same whichever runs the build.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (only once the new one is complete).")
 @click.option("--update-lock", is_flag=True, help="Record this build in the lock file if its version is new.")
@@ -177,7 +179,7 @@ def build(name, out, source, source_dir, limit, workers, scheduler, overwrite, u
     _terminate_cleanly()
     out = out or Path(f"{name}.zarr")
     build_dataset(
-        name, out, source=source, source_dir=source_dir, limit=limit, workers=workers, scheduler=local_scheduler(scheduler, workers),
+        name, out, source=source, source_dir=source_dir, limit=limit, workers=workers, scheduler=local_scheduler(scheduler, workers, name),
         overwrite=overwrite, progress=not quiet, update_lock=update_lock, lock_path=lock_path, **options,
     )
     click.echo(format_info(store_info(out)))
@@ -360,7 +362,7 @@ def lock(names, sources_, workers, lock_path):
         for source in sources_ or get_dataset(name).family.sources:
             with tempfile.TemporaryDirectory(prefix="visatt-lock-") as tmp:
                 build_dataset(name, Path(tmp) / "store.zarr", source=source, workers=workers,
-                              scheduler=local_scheduler(None, workers), update_lock=True, lock_path=lock_path)
+                              scheduler=local_scheduler(None, workers, name), update_lock=True, lock_path=lock_path)
             click.echo(f"locked {name} {get_dataset(name).version} ({source})")
 
 

@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from pipelines.canvas import DIGIT, add_clutter, named_rng, paste, sample_rngs, to_uint8
+from pipelines.canvas import DIGIT, SampleStreams, add_clutter, named_rng, paste, to_uint8
 from pipelines.sources import MnistSource, load_mnist
 
 _PERMUTATION = 1000  # spawn key of the train/val permutation (sample keys use split codes 0..3)
@@ -50,6 +50,7 @@ class MnistCanvasFamily:
     recipe_type = MnistCanvasRecipe
     task = "digit"
     sources = ("mnist", "sample")  # the real files (cache) or the embedded sample
+    gil_bound = False  # generation is whole-chunk numpy work: threads scale (see `SampleStreams`)
 
     def make_recipe(self, source: str, **options) -> MnistCanvasRecipe:
         if options.get("val_size") is None:
@@ -96,14 +97,11 @@ def generate(recipe: MnistCanvasRecipe, source: MnistSource, split: str, start: 
     """Samples [start, stop) of `split`: images (B, C, C, 1) uint8, labels (B,), boxes (B, 4)."""
     pool_images, pool_labels = split_pools(recipe, source)[split]
     b, c, k, n_clutter = stop - start, recipe.canvas, recipe.clutter_size, recipe.clutter_count
-    top = np.empty(b, np.int64)  # (B,)
-    left = np.empty(b, np.int64)  # (B,)
-    rngs = sample_rngs(recipe.seed, split, start, stop)
-    for row, rng in enumerate(rngs):
-        top[row], left[row] = rng.integers(0, c - DIGIT + 1, size=2)
+    streams = SampleStreams(recipe.seed, split, start, stop)  # sample i draws from its own generator
+    top, left = streams.integers(0, c - DIGIT + 1, size=2).T  # (B,), (B,)
     canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C), wide enough for 9 overlapping pastes
     # Distractors first, as DeepMind's generator (addition commutes anyway).
-    add_clutter(canvas, rngs, pool_images, start, n_clutter, k)
+    add_clutter(canvas, streams, pool_images, start, n_clutter, k)
     paste(canvas, pool_images[start:stop], top, left)
     images = to_uint8(canvas)  # (B, C, C, 1)
     boxes = np.stack([top, left, np.full(b, DIGIT), np.full(b, DIGIT)], axis=1).astype(np.int32)

@@ -26,7 +26,7 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from pipelines.canvas import add_clutter, other_digits, paste, sample_rngs, to_uint8
+from pipelines.canvas import SampleStreams, add_clutter, other_digits, paste, to_uint8
 from pipelines.mnist import DIGIT, split_pools
 from pipelines.sources import MnistSource, load_mnist
 
@@ -105,13 +105,19 @@ def generate_sequences(
     b, c, n_pool = stop - start, recipe.canvas, len(pool_labels)
     out = _empty(b)
     canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C), wide enough for overlapping adds
-    rngs = sample_rngs(recipe.seed, split, start, stop)
-    for row, (index, rng) in enumerate(zip(range(start, stop), rngs)):
-        length = int(rng.integers(recipe.min_length, recipe.max_length + 1))
-        others = other_digits(rng, n_pool, index, length - 1)
-        digits = np.insert(others, rng.integers(0, length), index)  # (L,) the source digit at a random place
-        gaps = rng.integers(recipe.min_gap, recipe.max_gap + 1, size=length - 1)  # (L - 1,)
-        drops = rng.integers(0, recipe.jitter + 1, size=length)  # (L,)
+    # Each sample's draws, in its generator's order: length, the other digits, where the source
+    # digit goes among them, the gaps, the vertical jitters, then (below) where the strip goes.
+    streams = SampleStreams(recipe.seed, split, start, stop)
+    lengths = streams.integers(recipe.min_length, recipe.max_length + 1)  # (B,)
+    others = other_digits(streams, n_pool, start, lengths - 1)  # (B, L-1), -1 past each length
+    places = streams.integers(0, lengths)  # (B,)
+    all_gaps = streams.integers_ragged(recipe.min_gap, recipe.max_gap + 1, lengths - 1)  # (B, L-1)
+    all_drops = streams.integers_ragged(0, recipe.jitter + 1, lengths)  # (B, L)
+    strips, sizes = [], np.empty((b, 2), np.int64)  # (B, [fh, fw])
+    for row in range(b):
+        length = int(lengths[row])
+        digits = np.insert(others[row, : length - 1], places[row], start + row)  # (L,) the source digit at its place
+        gaps, drops = all_gaps[row, : length - 1], all_drops[row, :length]  # (L - 1,), (L,)
         lefts = np.concatenate([[0], np.cumsum(DIGIT + gaps)])  # (L,) cell lefts in the strip
         strip = np.zeros((DIGIT + recipe.jitter, lefts[-1] + DIGIT), np.uint16)  # (H, W)
         for i in range(length):
@@ -123,7 +129,13 @@ def generate_sequences(
             strip = np.asarray(
                 Image.fromarray(np.minimum(strip, 255).astype(np.uint8)).resize((fw, fh), resample=RESAMPLE)
             )
-        top, left = int(rng.integers(0, c - fh + 1)), int(rng.integers(0, c - fw + 1))
+        strips.append((strip, digits, drops, lefts, h, w))
+        sizes[row] = fh, fw
+    tops = streams.integers(0, c - sizes[:, 0] + 1)  # (B,)
+    lefts_on_canvas = streams.integers(0, c - sizes[:, 1] + 1)  # (B,)
+    for row, (strip, digits, drops, lefts, h, w) in enumerate(strips):
+        (fh, fw), length = sizes[row], len(digits)
+        top, left = int(tops[row]), int(lefts_on_canvas[row])
         canvas[row, top : top + fh, left : left + fw] += strip
         sy, sx = fh / h, fw / w  # exact per-axis scale PIL used
         y0, y1 = np.rint(top + drops * sy), np.rint(top + (drops + DIGIT) * sy)
@@ -133,7 +145,7 @@ def generate_sequences(
         out["lengths"][row] = length
     # Clutter draws come after the digit draws of each sample's generator; pasted under the digits
     # (addition commutes, so the order of pasting does not change the bytes).
-    add_clutter(canvas, rngs, pool_images, start, recipe.clutter_count, recipe.clutter_size)
+    add_clutter(canvas, streams, pool_images, start, recipe.clutter_count, recipe.clutter_size)
     out["images"] = to_uint8(canvas)  # (B, C, C, 1)
     return out
 
@@ -145,20 +157,21 @@ def generate_pairs(
     labels (B, 5) (two digits in reading order, then blanks), lengths (B,) = 2, boxes (B, 5, 4)."""
     b, c, n_pool = stop - start, recipe.canvas, len(pool_labels)
     out = _empty(b)
-    digits = np.empty((b, 2), np.int64)  # (B, 2) pool indices in reading order
-    at = np.empty((b, 2, 2), np.int64)  # (B, 2, [top, left])
-    rngs = sample_rngs(recipe.seed, split, start, stop)
-    for row, (index, rng) in enumerate(zip(range(start, stop), rngs)):
-        pair = np.array([index, other_digits(rng, n_pool, index, 1)[0]])
-        first = rng.integers(0, c - DIGIT + 1, size=2)
-        while True:  # rejection sampling: the second digit must not overlap the first
-            second = rng.integers(0, c - DIGIT + 1, size=2)
-            if recipe.overlap or np.any(np.abs(second - first) >= DIGIT):
-                break
-        order = np.lexsort(([first[0], second[0]], [first[1], second[1]]))  # by left, then top
-        digits[row], at[row] = pair[order], np.stack([first, second])[order]
+    streams = SampleStreams(recipe.seed, split, start, stop)
+    pairs = np.stack([start + np.arange(b), other_digits(streams, n_pool, start, 1)[:, 0]], axis=1)  # (B, 2)
+    first = streams.integers(0, c - DIGIT + 1, size=2)  # (B, [top, left])
+    second = np.empty_like(first)
+    todo = np.arange(b)
+    while len(todo):  # rejection sampling: the second digit must not overlap the first
+        second[todo] = streams.integers(0, c - DIGIT + 1, size=2, rows=todo)
+        apart = np.any(np.abs(second[todo] - first[todo]) >= DIGIT, axis=1)
+        todo = todo[~apart] if not recipe.overlap else todo[:0]
+    # Reading order: by left, then top.
+    swap = (second[:, 1] < first[:, 1]) | ((second[:, 1] == first[:, 1]) & (second[:, 0] < first[:, 0]))
+    digits = np.where(swap[:, None], pairs[:, ::-1], pairs)  # (B, 2) pool indices in reading order
+    at = np.where(swap[:, None, None], np.stack([second, first], axis=1), np.stack([first, second], axis=1))  # (B, 2, 2)
     canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C)
-    add_clutter(canvas, rngs, pool_images, start, recipe.clutter_count, recipe.clutter_size)
+    add_clutter(canvas, streams, pool_images, start, recipe.clutter_count, recipe.clutter_size)
     for j in range(2):
         paste(canvas, pool_images[digits[:, j]], at[:, j, 0], at[:, j, 1])
     out["images"] = to_uint8(canvas)  # (B, C, C, 1)
@@ -175,9 +188,10 @@ class SequenceFamily:
     max_length = MAX_LENGTH
     sources = ("mnist", "sample")  # the real files (cache) or the embedded sample
 
-    def __init__(self, recipe_type, generate_fn):
+    def __init__(self, recipe_type, generate_fn, gil_bound: bool):
         self.recipe_type = recipe_type
         self._generate = generate_fn
+        self.gil_bound = gil_bound  # per-sample Python work (threads do not scale): processes
 
     def make_recipe(self, source: str, **options):
         if options.get("val_size") is None:
@@ -208,5 +222,5 @@ class SequenceFamily:
         return {"max_length": MAX_LENGTH}
 
 
-SEQUENCES = SequenceFamily(SequenceRecipe, generate_sequences)
-PAIRS = SequenceFamily(PairsRecipe, generate_pairs)
+SEQUENCES = SequenceFamily(SequenceRecipe, generate_sequences, gil_bound=True)  # a strip and a resize per sample
+PAIRS = SequenceFamily(PairsRecipe, generate_pairs, gil_bound=False)

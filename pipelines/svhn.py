@@ -516,6 +516,7 @@ class SvhnFamily:
     task = "sequence"
     max_length = MAX_LENGTH
     sources = ("svhn",)  # the format-1 split folders (cache, or `--from DIR`)
+    gil_bound = True  # per-sample crops and resizes in Python: the command line uses processes
 
     def make_recipe(self, source: str, **options) -> SvhnRecipe:
         return SvhnRecipe(source=source, **options)

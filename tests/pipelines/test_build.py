@@ -56,6 +56,19 @@ def test_full_mnist_cluttered_reproduces_the_committed_lock(tmp_path, home):
     assert problems == [] and "matches mnist-cluttered 1.0.0 (mnist)" in notes[0]
 
 
+def test_the_command_line_uses_processes_only_where_generation_holds_the_gil():
+    """Threads scale for the numpy-vectorised canvases and pairs; per-sample Python work
+    (sequences, SVHN) gets spawned processes when more than one worker runs."""
+    from pipelines.cli import local_scheduler
+
+    assert local_scheduler(None, 2, "mnist-cluttered") is None  # threads
+    assert local_scheduler(None, 2, "mnist-pairs") is None
+    assert local_scheduler(None, 2, "mnist-sequences") == "processes"
+    assert local_scheduler(None, 2, "svhn-64") == "processes"
+    assert local_scheduler(None, 1, "mnist-sequences") is None
+    assert local_scheduler("threads", 2, "mnist-sequences") == "threads"
+
+
 def test_lock_mismatch_names_the_arrays_and_keeps_the_old_store(tmp_path, empty_lock):
     out = build_dataset("mnist-translated-60", tmp_path / "t.zarr", source="sample", update_lock=True, progress=False)
     before = digests(out)

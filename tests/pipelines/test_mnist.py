@@ -110,15 +110,37 @@ def test_bad_recipes_are_refused(bad):
 
 @pytest.mark.parametrize("seed", [0, 1, 12345, 2**32 - 1, 2**32, 2**70 + 5])
 @pytest.mark.parametrize("split", ["train", "val", "test", "extra"])
-def test_fast_sample_generators_give_numpys_seed_sequence_streams(seed, split):
-    """`sample_rngs` hashes the seeds of a whole chunk at once; every generator must be the one
-    `default_rng(SeedSequence(seed, spawn_key=(split, index)))` gives, draw for draw."""
-    from pipelines.canvas import sample_rngs
+def test_sample_streams_draw_what_each_samples_own_numpy_generator_draws(seed, split):
+    """`SampleStreams` runs the generators of a chunk side by side in numpy; every draw must be
+    the one `default_rng(SeedSequence(seed, spawn_key=(split, index))).integers(...)` gives, in
+    the same order: the calls the pipelines make (sizes 1-4, one range per row, a subset of rows,
+    a row-dependent count, empty ranges that draw nothing) and ranges near 2**31, where Lemire's
+    method rejects about half the draws and draws again."""
+    from pipelines.canvas import SampleStreams
 
     for start, stop in [(0, 5), (997, 1003), (59_990, 60_000), (2**31 - 2, 2**31 + 1)]:
-        fast = sample_rngs(seed, split, start, stop)
-        assert len(fast) == stop - start
-        for index, rng in zip(range(start, stop), fast):
-            expected = sample_rng(seed, split, index)
-            assert rng.integers(0, 2**63, size=4).tolist() == expected.integers(0, 2**63, size=4).tolist()
-            assert rng.integers(0, 73, size=3).tolist() == expected.integers(0, 73, size=3).tolist()
+        b = stop - start
+        streams = SampleStreams(seed, split, start, stop)
+        numpy_gens = [sample_rng(seed, split, index) for index in range(start, stop)]
+        plan = np.random.default_rng(seed % 1000)
+        for _ in range(25):
+            kind = int(plan.integers(0, 5))
+            if kind == 0:
+                high, size = int(plan.integers(1, 120)), int(plan.integers(1, 5))
+                got, want = streams.integers(0, high, size), [g.integers(0, high, size=size) for g in numpy_gens]
+            elif kind == 1:
+                got = streams.integers(3, 2**31 + 12345, (2, 2))
+                want = [g.integers(3, 2**31 + 12345, size=(2, 2)) for g in numpy_gens]
+            elif kind == 2:
+                rows = np.flatnonzero(plan.random(b) < 0.5)
+                highs = plan.integers(1, 4, len(rows))  # 1: an empty range
+                got = streams.integers(0, highs, rows=rows)
+                want = [numpy_gens[r].integers(0, h) for r, h in zip(rows, highs)]
+            elif kind == 3:
+                counts = plan.integers(0, 5, b)
+                got = streams.integers_ragged(2, 9, counts)
+                want = [np.concatenate([g.integers(2, 9, size=c), np.full(4 - c, -1)]) for g, c in zip(numpy_gens, counts)]
+                got = np.concatenate([got, np.full((b, 4 - got.shape[1]), -1)], axis=1)
+            else:
+                got, want = streams.integers(0, 1, 3), [g.integers(0, 1, size=3) for g in numpy_gens]
+            assert np.array_equal(got, np.array(want)), kind
