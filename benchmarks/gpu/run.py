@@ -84,6 +84,11 @@ RUNS = [
     # The ablation: REINFORCE never starts (the emission network keeps its initial weights).
     Run("dram-pairs-no-policy", "mnist-pairs", "dram", "visatt-small",
         ("emissions=3", "scales=4", "policy_warmup_steps=1000000000")),
+    # More seeds of both, for the next session (one run of each is no comparison: see README).
+    *(Run(f"dram-pairs-warmup-seed{seed}", "mnist-pairs", "dram", "visatt-small",
+          ("emissions=3", "scales=4", WARMUP), (("seed", seed),)) for seed in (1, 2)),
+    *(Run(f"dram-pairs-no-policy-seed{seed}", "mnist-pairs", "dram", "visatt-small",
+          ("emissions=3", "scales=4", "policy_warmup_steps=1000000000"), (("seed", seed),)) for seed in (1, 2)),
     Run("cnn-seq", "mnist-sequences", "cnn", "modern-seq", default=True),
     Run("stn-seq", "mnist-sequences", "stn", "st-cnn-single", default=True),
     Run("ram-c60", "mnist-cluttered-60", "ram", "visatt-60", default=True),
@@ -220,6 +225,8 @@ def _child(args, *extra, log_file: Path) -> subprocess.Popen:
     if args.smoke:
         cmd.append("--smoke")
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "PYTHONUNBUFFERED": "1"}
+    if args.deterministic:  # XLA's deterministic GPU reductions and scatters (slower); a no-op on a CPU
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_gpu_deterministic_ops=true".strip()
     return subprocess.Popen(cmd, stdout=log_file.open("w"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
 
@@ -283,7 +290,8 @@ def pack(runs: Path, archive: Path) -> None:
 def session(args, runs: list[Run]) -> None:
     start = time.perf_counter()
     deadline = start + 60 * args.deadline_min if args.deadline_min else float("inf")
-    summary = {"python": platform.python_version(), "smoke": args.smoke, "deadline_min": args.deadline_min}
+    summary = {"python": platform.python_version(), "smoke": args.smoke, "deadline_min": args.deadline_min,
+               "deterministic": args.deterministic}
     args.runs.mkdir(parents=True, exist_ok=True)
     stores = build_stores([r.dataset for r in runs], args.stores, args.mnist, args.smoke)
     summary["stores_s"] = round(time.perf_counter() - start, 1)
@@ -353,6 +361,8 @@ def main(argv=None):
                         "(default: all); none: skip the throughput step")
     parser.add_argument("--throughput-s", type=float, default=75, help="no throughput entry starts after this")
     parser.add_argument("--steps", type=int, default=50, help="throughput: steps per timed fit")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="ask XLA for deterministic GPU ops in every child (the same seed, the same run)")
     parser.add_argument("--smoke", action="store_true", help="tiny everything, on any machine (a test)")
     parser.add_argument("--child-throughput", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--child-run", help=argparse.SUPPRESS)
