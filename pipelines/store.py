@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import urllib.parse
 import uuid
 import warnings
@@ -67,7 +68,21 @@ def array_digest(array) -> str:
 
 
 def partial_path(target: Path) -> Path:
-    return target.parent / f".{target.name}{_PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    """`.NAME.partial-PID@HOST-RANDOM` beside `target`: the owner is known, on a shared filesystem too."""
+    return target.parent / f".{target.name}{_PARTIAL}{os.getpid()}@{_host()}-{uuid.uuid4().hex[:8]}"
+
+
+def _host() -> str:
+    return socket.gethostname().replace("/", "_") or "localhost"
+
+
+def _owner(partial: Path) -> tuple[int | None, str | None]:
+    """(pid, host) of the build that made a partial folder; host None for names without one
+    (this machine's, as earlier versions wrote them)."""
+    rest = partial.name.rsplit(_PARTIAL, 1)[1].removesuffix(_OLD)
+    who = rest.rpartition("-")[0]  # without the random part
+    pid, _, host = who.partition("@")
+    return (int(pid) if pid.isdigit() else None), (host or None)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -94,13 +109,16 @@ def remove_stale_partials(target: Path) -> list[Path]:
     A build replaces a store in two renames: the old store aside (`PARTIAL-old`), then the new
     one into place. Killed between them, the target is missing and the old copy is put back
     (the new one, whose build never reported success, is discarded). Anything else such a build
-    left (its partial folder, an old copy whose replacement is in place) is removed.
+    left (its partial folder, an old copy whose replacement is in place) is removed. Only this
+    machine's builds are judged: on a shared filesystem another host's PID means nothing here,
+    so its partial folders are left to that host.
     """
     removed = []
     stale = []
+    here = _host()
     for p in target.parent.glob(f".{target.name}{_PARTIAL}*"):
-        pid = p.name.rsplit(_PARTIAL, 1)[1].split("-")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        pid, host = _owner(p)
+        if pid is not None and host in (None, here) and not _pid_alive(pid):
             stale.append(p)
     for p in stale:
         if p.name.endswith(_OLD) and not os.path.lexists(target):

@@ -246,6 +246,22 @@ def test_a_replace_killed_at_any_step_keeps_a_good_store(tmp_path, empty_lock, s
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "datasets.lock") == ["t.zarr"]
 
 
+def test_stale_partials_are_judged_only_on_the_host_that_made_them(tmp_path):
+    """On a shared filesystem a partial folder of another host's build must survive: its PID
+    says nothing about processes here. This host's dead builds (new and old names) are removed."""
+    target, dead = tmp_path / "t.zarr", _dead_pid()
+    elsewhere = tmp_path / f".t.zarr.partial-{dead}@another-host.example-0123abcd"
+    here = store.partial_path(target)
+    here = here.with_name(here.name.replace(f"{os.getpid()}@", f"{dead}@"))
+    older = tmp_path / f".t.zarr.partial-{dead}-4567cdef"  # the name earlier versions wrote
+    alive = store.partial_path(target)  # this process: running
+    for folder in (elsewhere, here, older, alive):
+        folder.mkdir()
+    removed = store.remove_stale_partials(target)
+    assert sorted(removed) == sorted([here, older])
+    assert elsewhere.exists() and alive.exists()
+
+
 def test_overwriting_a_file_leaves_no_hidden_copy(tmp_path, empty_lock):
     target = tmp_path / "t.zarr"
     target.write_text("not a store")
