@@ -167,9 +167,11 @@ class SampleStreams:
         return out
 
     def integers(self, low, high, size=(), rows=None) -> np.ndarray:
-        """Each row's `Generator.integers(low, high, size)` (int64), rows (R,) or all; `low`
-        and `high` scalars or one per row; shape (R, *size)."""
+        """Each row's `Generator.integers(low, high, size)` (int64), rows (R,) distinct or all;
+        `low` and `high` scalars or one per row; shape (R, *size) (`size=()` is numpy's None)."""
         rows = np.arange(len(self)) if rows is None else np.asarray(rows)
+        if len(np.unique(rows)) != len(rows):
+            raise ValueError("integers: each row draws once per call (rows must be distinct)")
         size = (size,) if np.isscalar(size) else tuple(size)
         low = np.broadcast_to(np.asarray(low, np.int64), len(rows))
         span = np.broadcast_to(np.asarray(high, np.int64), len(rows)) - low - 1
@@ -184,11 +186,12 @@ class SampleStreams:
 
     def integers_ragged(self, low, high, counts) -> np.ndarray:
         """Row r draws `counts[r]` integers in [low, high) (scalars or per row), as one
-        `integers(low, high, size=counts[r])` call: (B, max(counts)), -1 past each count."""
+        `integers(low, high, size=counts[r])` call: (B, max(counts)), zeros past each count
+        (mask with the counts: a zero can be a draw)."""
         counts = np.asarray(counts)
         low = np.broadcast_to(np.asarray(low, np.int64), len(self))
         high = np.broadcast_to(np.asarray(high, np.int64), len(self))
-        out = np.full((len(self), int(counts.max(initial=0))), -1, np.int64)
+        out = np.zeros((len(self), int(counts.max(initial=0))), np.int64)
         for j in range(out.shape[1]):
             rows = np.flatnonzero(counts > j)
             out[rows, j] = self.integers(low[rows], high[rows], rows=rows)
@@ -223,14 +226,17 @@ def crop(images: np.ndarray, which: np.ndarray, top: np.ndarray, left: np.ndarra
 
 def other_digits(streams: SampleStreams, n_pool: int, index0: int, count, rows=None) -> np.ndarray:
     """Uniform pool indices other than each row's own digit (sample `index0 + row`), with
-    replacement: (R, count), or (B, max(count)) with -1 past each row's count when `count` is one
-    per row (as `integers_ragged`)."""
+    replacement: (R, count) for the given rows (or all); or, with one count per row (all rows),
+    (B, max(count)) with zeros past each row's count."""
     if np.any(np.asarray(count) > 0) and n_pool < 2:
         raise ValueError(f"the split has {n_pool} digit(s): a sample needs another digit")
     if np.ndim(count):
+        if rows is not None:
+            raise ValueError("other_digits: a count per row draws for every row")
         other = streams.integers_ragged(0, n_pool - 1, count)
         own = index0 + np.arange(len(streams))
-        return np.where(other >= 0, other + (other >= own[:, None]), -1)
+        drawn = np.arange(other.shape[1]) < np.asarray(count)[:, None]
+        return np.where(drawn, other + (other >= own[:, None]), 0)
     rows = np.arange(len(streams)) if rows is None else rows
     other = streams.integers(0, n_pool - 1, size=count, rows=rows)
     return other + (other >= (index0 + rows)[:, None])

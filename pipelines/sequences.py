@@ -101,53 +101,67 @@ def generate_sequences(
     recipe: SequenceRecipe, pool_images: np.ndarray, pool_labels: np.ndarray, split: str, start: int, stop: int
 ) -> dict[str, np.ndarray]:
     """Samples [start, stop) of `split` from its source digits `pool_images` (P, 28, 28) uint8:
-    images (B, C, C, 1) uint8, labels (B, 5), lengths (B,), boxes (B, 5, 4)."""
-    b, c, n_pool = stop - start, recipe.canvas, len(pool_labels)
+    images (B, C, C, 1) uint8, labels (B, 5), lengths (B,), boxes (B, 5, 4).
+
+    Each sample: L digits (the sample's own source digit at a random place among L - 1 others)
+    in 28x28 cells side by side with random gaps and vertical drops (a strip), the strip shrunk
+    to fit the canvas if it is larger (PIL, per sample), at a random place, then clutter. All
+    but the shrinking runs for the whole chunk at once."""
+    b, c, n_pool, m = stop - start, recipe.canvas, len(pool_labels), MAX_LENGTH
     out = _empty(b)
-    canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C), wide enough for overlapping adds
     # Each sample's draws, in its generator's order: length, the other digits, where the source
-    # digit goes among them, the gaps, the vertical jitters, then (below) where the strip goes.
+    # digit goes among them, the gaps, the vertical drops, where the strip goes, then clutter.
     streams = SampleStreams(recipe.seed, split, start, stop)
     lengths = streams.integers(recipe.min_length, recipe.max_length + 1)  # (B,)
-    others = other_digits(streams, n_pool, start, lengths - 1)  # (B, L-1), -1 past each length
+    others = _widen(other_digits(streams, n_pool, start, lengths - 1), m)  # (B, 5), valid below L - 1
     places = streams.integers(0, lengths)  # (B,)
-    all_gaps = streams.integers_ragged(recipe.min_gap, recipe.max_gap + 1, lengths - 1)  # (B, L-1)
-    all_drops = streams.integers_ragged(0, recipe.jitter + 1, lengths)  # (B, L)
-    strips, sizes = [], np.empty((b, 2), np.int64)  # (B, [fh, fw])
+    gaps = _widen(streams.integers_ragged(recipe.min_gap, recipe.max_gap + 1, lengths - 1), m)  # (B, 5), valid below L - 1
+    drops = _widen(streams.integers_ragged(0, recipe.jitter + 1, lengths), m)  # (B, 5), valid below L
+
+    cells = np.arange(m)  # (5,)
+    present = cells < lengths[:, None]  # (B, 5)
+    from_others = np.take_along_axis(others, np.maximum(cells - (cells > places[:, None]), 0), axis=1)
+    digits = np.where(cells == places[:, None], (start + np.arange(b))[:, None], from_others)  # (B, 5)
+    digits = np.where(present, digits, 0)  # past the length: any valid index, pasted as zeros
+    steps = np.where(cells[:-1] < (lengths - 1)[:, None], DIGIT + gaps[:, :-1], 0)  # (B, 4)
+    lefts = np.concatenate([np.zeros((b, 1), np.int64), np.cumsum(steps, axis=1)], axis=1)  # (B, 5) cell lefts
+    h, widths = DIGIT + recipe.jitter, lefts[np.arange(b), lengths - 1] + DIGIT  # strip height, (B,) widths
+    strips = np.zeros((b, h, int(widths.max())), np.uint16)  # (B, H, Wmax), wide enough for overlapping cells
+    for j in range(m):
+        cell = np.where(present[:, j, None, None], pool_images[digits[:, j]], 0).astype(np.uint8)  # (B, 28, 28)
+        paste(strips, cell, drops[:, j], lefts[:, j])
+
+    fit = np.minimum(1.0, np.minimum(c / h, c / widths))  # (B,) shrink factor (as Python's min of floats)
+    fh = np.minimum(c, np.maximum(1, np.rint(h * fit).astype(np.int64)))  # (B,) round half to even, as round()
+    fw = np.minimum(c, np.maximum(1, np.rint(widths * fit).astype(np.int64)))  # (B,)
+    tops = streams.integers(0, c - fh + 1)  # (B,)
+    lefts_on_canvas = streams.integers(0, c - fw + 1)  # (B,)
+    canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C), wide enough for overlapping adds
     for row in range(b):
-        length = int(lengths[row])
-        digits = np.insert(others[row, : length - 1], places[row], start + row)  # (L,) the source digit at its place
-        gaps, drops = all_gaps[row, : length - 1], all_drops[row, :length]  # (L - 1,), (L,)
-        lefts = np.concatenate([[0], np.cumsum(DIGIT + gaps)])  # (L,) cell lefts in the strip
-        strip = np.zeros((DIGIT + recipe.jitter, lefts[-1] + DIGIT), np.uint16)  # (H, W)
-        for i in range(length):
-            strip[drops[i] : drops[i] + DIGIT, lefts[i] : lefts[i] + DIGIT] += pool_images[digits[i]]
-        h, w = strip.shape
-        fit = min(1.0, c / h, c / w)
-        fh, fw = min(c, max(1, round(h * fit))), min(c, max(1, round(w * fit)))
-        if (fh, fw) != (h, w):
-            strip = np.asarray(
-                Image.fromarray(np.minimum(strip, 255).astype(np.uint8)).resize((fw, fh), resample=RESAMPLE)
-            )
-        strips.append((strip, digits, drops, lefts, h, w))
-        sizes[row] = fh, fw
-    tops = streams.integers(0, c - sizes[:, 0] + 1)  # (B,)
-    lefts_on_canvas = streams.integers(0, c - sizes[:, 1] + 1)  # (B,)
-    for row, (strip, digits, drops, lefts, h, w) in enumerate(strips):
-        (fh, fw), length = sizes[row], len(digits)
-        top, left = int(tops[row]), int(lefts_on_canvas[row])
-        canvas[row, top : top + fh, left : left + fw] += strip
-        sy, sx = fh / h, fw / w  # exact per-axis scale PIL used
-        y0, y1 = np.rint(top + drops * sy), np.rint(top + (drops + DIGIT) * sy)
-        x0, x1 = np.rint(left + lefts * sx), np.rint(left + (lefts + DIGIT) * sx)
-        out["boxes"][row, :length] = np.stack([y0, x0, y1 - y0, x1 - x0], axis=1)
-        out["labels"][row, :length] = pool_labels[digits]
-        out["lengths"][row] = length
-    # Clutter draws come after the digit draws of each sample's generator; pasted under the digits
-    # (addition commutes, so the order of pasting does not change the bytes).
+        strip, top, left = strips[row, :, : widths[row]], tops[row], lefts_on_canvas[row]
+        if (fh[row], fw[row]) != strip.shape:
+            shrunk = Image.fromarray(np.minimum(strip, 255).astype(np.uint8)).resize((fw[row], fh[row]), resample=RESAMPLE)
+            strip = np.asarray(shrunk)
+        canvas[row, top : top + fh[row], left : left + fw[row]] += strip
+
+    sy, sx = (fh / h)[:, None], (fw / widths)[:, None]  # (B, 1) the exact per-axis scales PIL used
+    top, left = tops[:, None], lefts_on_canvas[:, None]
+    y0, y1 = np.rint(top + drops * sy), np.rint(top + (drops + DIGIT) * sy)  # (B, 5)
+    x0, x1 = np.rint(left + lefts * sx), np.rint(left + (lefts + DIGIT) * sx)  # (B, 5)
+    out["boxes"][present] = np.stack([y0, x0, y1 - y0, x1 - x0], axis=-1)[present]
+    out["labels"][present] = pool_labels[digits][present]
+    out["lengths"][:] = lengths
+    # Pasted under the digits (addition commutes, so the order of pasting does not change the bytes).
     add_clutter(canvas, streams, pool_images, start, recipe.clutter_count, recipe.clutter_size)
     out["images"] = to_uint8(canvas)  # (B, C, C, 1)
     return out
+
+
+def _widen(values: np.ndarray, width: int) -> np.ndarray:
+    """(B, k) -> (B, width), zeros on the right (ragged draws to the five cells)."""
+    wide = np.zeros((len(values), width), np.int64)
+    wide[:, : values.shape[1]] = values
+    return wide
 
 
 def generate_pairs(
@@ -164,8 +178,9 @@ def generate_pairs(
     todo = np.arange(b)
     while len(todo):  # rejection sampling: the second digit must not overlap the first
         second[todo] = streams.integers(0, c - DIGIT + 1, size=2, rows=todo)
-        apart = np.any(np.abs(second[todo] - first[todo]) >= DIGIT, axis=1)
-        todo = todo[~apart] if not recipe.overlap else todo[:0]
+        if recipe.overlap:
+            break
+        todo = todo[~np.any(np.abs(second[todo] - first[todo]) >= DIGIT, axis=1)]
     # Reading order: by left, then top.
     swap = (second[:, 1] < first[:, 1]) | ((second[:, 1] == first[:, 1]) & (second[:, 0] < first[:, 0]))
     digits = np.where(swap[:, None], pairs[:, ::-1], pairs)  # (B, 2) pool indices in reading order

@@ -123,24 +123,31 @@ def test_sample_streams_draw_what_each_samples_own_numpy_generator_draws(seed, s
         streams = SampleStreams(seed, split, start, stop)
         numpy_gens = [sample_rng(seed, split, index) for index in range(start, stop)]
         plan = np.random.default_rng(seed % 1000)
-        for _ in range(25):
-            kind = int(plan.integers(0, 5))
+        for _ in range(30):
+            kind = int(plan.integers(0, 7))
             if kind == 0:
-                high, size = int(plan.integers(1, 120)), int(plan.integers(1, 5))
+                high, size = int(plan.integers(1, 120)), int(plan.integers(0, 5))
                 got, want = streams.integers(0, high, size), [g.integers(0, high, size=size) for g in numpy_gens]
             elif kind == 1:
-                got = streams.integers(3, 2**31 + 12345, (2, 2))
-                want = [g.integers(3, 2**31 + 12345, size=(2, 2)) for g in numpy_gens]
+                high = int(plan.choice([2**31 + 12345, 2**32 - 2]))
+                got = streams.integers(3, high, (2, 2))
+                want = [g.integers(3, high, size=(2, 2)) for g in numpy_gens]
             elif kind == 2:
-                rows = np.flatnonzero(plan.random(b) < 0.5)
-                highs = plan.integers(1, 4, len(rows))  # 1: an empty range
-                got = streams.integers(0, highs, rows=rows)
-                want = [numpy_gens[r].integers(0, h) for r, h in zip(rows, highs)]
+                rows = plan.permutation(np.flatnonzero(plan.random(b) < 0.5))  # a subset, in any order
+                lows = plan.integers(-5, 5, len(rows))
+                highs = lows + plan.integers(1, 4, len(rows))  # +1: an empty range
+                got = streams.integers(lows, highs, rows=rows)
+                want = [numpy_gens[r].integers(lo, hi) for r, lo, hi in zip(rows, lows, highs)]
             elif kind == 3:
-                counts = plan.integers(0, 5, b)
-                got = streams.integers_ragged(2, 9, counts)
-                want = [np.concatenate([g.integers(2, 9, size=c), np.full(4 - c, -1)]) for g, c in zip(numpy_gens, counts)]
-                got = np.concatenate([got, np.full((b, 4 - got.shape[1]), -1)], axis=1)
+                counts, lows = plan.integers(0, 5, b), plan.integers(-3, 2, b)
+                got = streams.integers_ragged(lows, lows + 7, counts)
+                for g, row, c, lo in zip(numpy_gens, got, counts, lows):
+                    assert row[:c].tolist() == g.integers(lo, lo + 7, size=c).tolist() and not row[c:].any()
+                continue
+            elif kind == 4:
+                got, want = streams.integers(0, 10, (3, 0)), [g.integers(0, 10, size=(3, 0)) for g in numpy_gens]
             else:
                 got, want = streams.integers(0, 1, 3), [g.integers(0, 1, size=3) for g in numpy_gens]
             assert np.array_equal(got, np.array(want)), kind
+        with pytest.raises(ValueError, match="distinct"):
+            streams.integers(0, 10, rows=[0, 0])
