@@ -66,7 +66,8 @@ def _seed_states(entropy: np.ndarray) -> np.ndarray:
             const = (const * _MULT_B) & 0xFFFFFFFF
             value = value * np.uint32(const)
             out.append(value ^ (value >> _XSHIFT))
-    return np.ascontiguousarray(np.stack(out, axis=1)).view("<u8")  # (B, 4)
+    # little-endian word pairs, as SeedSequence assembles them, whatever the machine's byte order
+    return np.ascontiguousarray(np.stack(out, axis=1).astype("<u4")).view("<u8").astype(np.uint64)  # (B, 4)
 
 
 def _seed_state_words(seed: int, split: str, start: int, stop: int) -> np.ndarray:
