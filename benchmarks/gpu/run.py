@@ -134,7 +134,23 @@ def build_stores(datasets, stores: Path, mnist: Path | None, smoke: bool) -> dic
 
 # ---------------------------------------------------------------- children (one per step/run)
 
-def throughput(entry, steps: int, repeats: int, batch_scale: float) -> dict:
+def throughput(entry, steps: int, repeats: int, batch_scale: float, steps_per_execution: int = 1) -> dict:
+    """Training images/s of one THROUGHPUT entry; with `steps_per_execution` N > 1 also with N
+    steps per compiled call, and the difference per step: an estimate of the host work per step
+    (Python, dispatch, batch transfer) that one call per step costs."""
+    result = _fit_rate(entry, steps, repeats, batch_scale, 1)
+    if steps_per_execution > 1:
+        fused = _fit_rate(entry, steps, repeats, batch_scale, steps_per_execution)
+        per_step = 1e6 * result["batch_size"]  # microseconds per step = per_step / images_per_s
+        result.update(steps_per_execution=steps_per_execution, images_per_s_fused=fused["images_per_s"],
+                      first_fit_s_fused=fused["first_fit_s"],
+                      host_us_per_step=per_step / result["images_per_s"] - per_step / fused["images_per_s"])
+        log(f"{entry[0]:<28} {fused['images_per_s']:>10.0f} images/s with {steps_per_execution} steps a call: "
+            f"~{result['host_us_per_step']:.0f} us of host work per step")
+    return result
+
+
+def _fit_rate(entry, steps: int, repeats: int, batch_scale: float, steps_per_execution: int) -> dict:
     import keras
     import numpy as np
 
@@ -147,7 +163,8 @@ def throughput(entry, steps: int, repeats: int, batch_scale: float) -> dict:
     spec = registry.get_model_spec(name)
     keras.utils.set_random_seed(0)
     model = spec.model_cls(registry.make_config(spec, preset=preset), task)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), steps_per_execution=steps_per_execution)
+    steps = max(steps, steps_per_execution) // steps_per_execution * steps_per_execution
     rng = np.random.default_rng(0)
     n = batch_size * steps
     images = rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8)
@@ -169,11 +186,12 @@ def throughput(entry, steps: int, repeats: int, batch_scale: float) -> dict:
     result = {"label": label, "model": name, "preset": preset, "image": size, "batch_size": batch_size,
               "images_per_s": statistics.median(rates), "runs": rates, "first_fit_s": compile_s,
               "params": model.count_params()}
-    log(f"{label:<28} {result['images_per_s']:>10.0f} images/s  (first fit {compile_s:.1f} s)")
+    if steps_per_execution == 1:
+        log(f"{label:<28} {result['images_per_s']:>10.0f} images/s  (first fit {compile_s:.1f} s)")
     return result
 
 
-def throughput_child(labels, out: Path, seconds: float, steps: int, smoke: bool) -> None:
+def throughput_child(labels, out: Path, seconds: float, steps: int, smoke: bool, steps_per_execution: int = 1) -> None:
     """Measures the entries in order, writing `out` after each; starts none after `seconds`."""
     import keras
 
@@ -186,7 +204,7 @@ def throughput_child(labels, out: Path, seconds: float, steps: int, smoke: bool)
             result["skipped"].append(entry[0])
             continue
         steps_, repeats, scale = (1, 1, 1 / 64) if smoke else (steps, 2, 1.0)
-        result["throughput"].append(throughput(entry, steps_, repeats, scale))
+        result["throughput"].append(throughput(entry, steps_, repeats, scale, steps_per_execution))
         _write(out, result)
     if result["skipped"]:
         log(f"throughput: out of time, skipped {', '.join(result['skipped'])}")
@@ -299,7 +317,8 @@ def session(args, runs: list[Run]) -> None:
     if args.throughput is None or args.throughput:
         out = args.out / "throughput.json"
         child = _child(args, "--child-throughput", *(args.throughput or ()), "--throughput-s", str(args.throughput_s),
-                       "--steps", str(args.steps), log_file=args.runs / "throughput.log")
+                       "--steps", str(args.steps), "--steps-per-execution", str(args.steps_per_execution),
+                       log_file=args.runs / "throughput.log")
         rc = _wait({"throughput": child}, min(deadline, time.perf_counter() + args.throughput_s + 120))
         summary["throughput_exit"] = rc["throughput"]
         if out.exists():
@@ -336,7 +355,9 @@ def session(args, runs: list[Run]) -> None:
 def _report(summary: dict):
     """One line per throughput entry and per run, for the console."""
     for t in summary.get("throughput", []):
-        yield f"{t['label']:<28} {t['images_per_s']:>10.0f} images/s"
+        fused = (f", {t['images_per_s_fused']:.0f} with {t['steps_per_execution']} steps a call "
+                 f"(~{t['host_us_per_step']:.0f} us host work per step)") if "images_per_s_fused" in t else ""
+        yield f"{t['label']:<28} {t['images_per_s']:>10.0f} images/s{fused}"
     for r in summary.get("runs", []):
         figures = {k.removeprefix("test_"): round(v, 4) for k, v in r.items()
                    if k.startswith("test_") and ("error" in k or k == "test_accuracy" or k.startswith("test_accuracy_"))}
@@ -361,6 +382,9 @@ def main(argv=None):
                         "(default: all); none: skip the throughput step")
     parser.add_argument("--throughput-s", type=float, default=75, help="no throughput entry starts after this")
     parser.add_argument("--steps", type=int, default=50, help="throughput: steps per timed fit")
+    parser.add_argument("--steps-per-execution", type=int, default=1,
+                        help="throughput: also measure with N steps per compiled call (another compile per "
+                        "entry) and report the difference per step, an estimate of the host work per step")
     parser.add_argument("--deterministic", action="store_true",
                         help="ask XLA for deterministic GPU ops in every child (the same seed, the same run)")
     parser.add_argument("--smoke", action="store_true", help="tiny everything, on any machine (a test)")
@@ -371,7 +395,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.child_throughput is not None:
         return throughput_child(args.child_throughput or None, args.out / "throughput.json", args.throughput_s,
-                                args.steps, args.smoke)
+                                args.steps, args.smoke, args.steps_per_execution)
     if args.child_run:
         run = next(r for r in RUNS if r.name == args.child_run)
         return run_child(run, args.store, args.runs, args.seconds, args.smoke)
