@@ -171,6 +171,18 @@ def test_eval_splits_follow_eval_crop(tree):
     np.testing.assert_array_equal(train["images"], _build(SvhnRecipe(size=20, val_fraction=0.0), source, "train")["images"])
 
 
+def test_pillow_shrinks_as_the_version_the_bytes_are_made_with():
+    """SVHN crops (and shrunk sequence strips) are resized with PIL, so their bytes depend on how
+    it resizes. Pillow 13 shrinks a crop that loses more height than width vertically first
+    (Pillow PR 9549); Pillow 12 and earlier always went horizontally first, and give other bytes
+    for such a crop. pyproject pins Pillow 13; this fails where another resize is installed."""
+    import hashlib
+
+    tall = np.random.default_rng(0).integers(0, 256, (80, 30)).astype(np.uint8)  # a single-digit crop's shape
+    shrunk = np.asarray(Image.fromarray(tall).resize((32, 32), resample=svhn.RESAMPLE["bilinear"]))
+    assert hashlib.sha256(shrunk.tobytes()).hexdigest() == "5535cd48d556f8f470f6652a1c0462f4da2b2c09851b7bb5e8a5ed0ecc9e14aa"
+
+
 def test_grayscale_is_itu_r_601_luma_and_colour_is_kept(tmp_path):
     colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [200, 100, 50]], np.uint8)
     pixels = np.repeat(np.repeat(colours[None], 8, axis=0), 8, axis=1)  # (8, 32, 3): 4 colour bands
