@@ -84,7 +84,6 @@ def _seed_state_words(seed: int, split: str, start: int, stop: int) -> np.ndarra
     return _seed_states(entropy)
 
 
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _M32 = np.uint64(0xFFFFFFFF)
 _MULT_HI, _MULT_LO = np.uint64(0x2360ED051FC65DA4), np.uint64(0x4385DF649FCCF645)  # PCG's 128-bit multiplier
 
