@@ -126,7 +126,7 @@ def _execute(tasks, *, workers: int | None, scheduler, bar) -> list:
         # finish before the caller removes the partial store: no worker writes into a deleted folder.
         workers = workers or os.cpu_count()
         kind = scheduler or "threads"
-        if kind == "processes":  # generation holds the GIL: threads do not scale; spawn, never fork after zarr
+        if kind == "processes":  # for generation that holds the GIL; spawn, never fork after zarr
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent)
         else:
             pool = ThreadPoolExecutor(workers)
@@ -169,9 +169,9 @@ def build_dataset(
 
     `source`: where the data comes from, default the dataset family's first (e.g. "mnist").
     `scheduler`: None or "threads" for a local pool of `workers` threads, "processes" for spawned
-    worker processes (faster with several workers: sample generation holds the GIL; what
-    `visatt-data build` uses, but a script calling it needs an `if __name__ == "__main__":`
-    guard, as any spawned pool does), or a dask.distributed address (or Client). Workers must see `out` (a shared filesystem). A build whose recipe is a locked
+    worker processes (faster with several workers where generation holds the GIL, the
+    families with `gil_bound`; what `visatt-data build` uses for them, but a script calling it
+    needs an `if __name__ == "__main__":` guard, as any spawned pool does), or a dask.distributed address (or Client). Workers must see `out` (a shared filesystem). A build whose recipe is a locked
     version must reproduce the lock's digests exactly, or it fails naming the arrays that differ
     and leaves any previous store untouched.
     """

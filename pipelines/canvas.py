@@ -106,7 +106,7 @@ class SampleStreams:
     below 2**32 is Lemire's multiply-shift on a 32-bit draw (with rejection), and a 32-bit draw
     is the low, then the high half of one 64-bit output. Here the 128-bit state lives in two
     uint64 arrays and every step is a few whole-array operations, so a chunk's draws cost
-    microseconds per sample instead of a Python call each (and release the GIL while they run).
+    microseconds per sample instead of a Python call each.
     """
 
     def __init__(self, seed: int, split: str, start: int, stop: int):
