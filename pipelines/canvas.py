@@ -204,17 +204,25 @@ def named_rng(seed: int, purpose: int) -> np.random.Generator:
 
 
 def paste(canvas: np.ndarray, patches: np.ndarray, top: np.ndarray, left: np.ndarray) -> None:
-    """Add `patches` (B, h, w) into `canvas` (B, H, W) at per-sample offsets (top, left) (B,).
+    """Add uint8 `patches` (B, h, w) into uint8 `canvas` (B, H, W) at per-sample offsets (top, left)
+    (B,), saturating at 255.
 
-    Through a writeable window view of the canvases, (B, H-h+1, W-w+1, h, w): one indexed add
-    picks each sample's window, so numpy copies whole h x w blocks (measured 2.7x faster than a
-    Python loop of slice adds for 28x28 digits, 7x for 9x9 clutter, and 8x faster than indexing
-    every pixel). Each window is in its own canvas: no pixel is written twice in one call. The
-    caller keeps `canvas` wide enough (uint16) and clips at 255.
+    Saturating adds of non-negative pixels give the same bytes as adding everything and clipping
+    once at the end (min(min(a + b, 255) + c, 255) = min(a + b + c, 255)), in any order, so a
+    canvas stays uint8 from the start: no wide canvas, no clipping pass over every pixel (half
+    the memory traffic; measured 2x faster generation of a cluttered chunk).
+
+    Through a writeable window view of the canvases, (B, H-h+1, W-w+1, h, w): one indexed
+    gather and one scatter pick each sample's window, so numpy copies whole h x w blocks
+    (measured 2.7x faster than a Python loop of slice adds for 28x28 digits, 7x for 9x9 clutter,
+    and 8x faster than indexing every pixel). Each window is in its own canvas: no pixel is
+    written twice in one call.
     """
     h, w = patches.shape[1:]
     windows = np.lib.stride_tricks.sliding_window_view(canvas, (h, w), axis=(1, 2), writeable=True)
-    windows[np.arange(len(patches)), top, left] += patches
+    at = (np.arange(len(patches)), top, left)
+    total = windows[at] + patches.astype(np.uint16)  # (B, h, w), at most 510
+    windows[at] = np.minimum(total, 255).astype(np.uint8)
 
 
 def crop(images: np.ndarray, which: np.ndarray, top: np.ndarray, left: np.ndarray, size: int) -> np.ndarray:
@@ -257,10 +265,3 @@ def add_clutter(canvas: np.ndarray, streams: SampleStreams, pool_images: np.ndar
     for j in range(count):
         patches = crop(pool_images, others[:, j], crop_at[:, j, 0], crop_at[:, j, 1], size)
         paste(canvas, patches, place_at[:, j, 0], place_at[:, j, 1])
-
-
-def to_uint8(canvas: np.ndarray) -> np.ndarray:
-    """Canvases (B, C, C) uint16 clipped at 255, as uint8 images (B, C, C, 1)."""
-    images = np.empty((*canvas.shape, 1), np.uint8)
-    np.minimum(canvas, 255, out=images[..., 0], casting="unsafe")  # clip and narrow in one pass
-    return images

@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from pipelines.canvas import DIGIT, SampleStreams, add_clutter, named_rng, paste, to_uint8
+from pipelines.canvas import DIGIT, SampleStreams, add_clutter, named_rng, paste
 from pipelines.sources import MnistSource, load_mnist
 
 _PERMUTATION = 1000  # spawn key of the train/val permutation (sample keys use split codes 0..3)
@@ -99,10 +99,10 @@ def generate(recipe: MnistCanvasRecipe, source: MnistSource, split: str, start: 
     b, c, k, n_clutter = stop - start, recipe.canvas, recipe.clutter_size, recipe.clutter_count
     streams = SampleStreams(recipe.seed, split, start, stop)  # sample i draws from its own generator
     top, left = streams.integers(0, c - DIGIT + 1, size=2).T  # (B,), (B,)
-    canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C), wide enough for 9 overlapping pastes
+    canvas = np.zeros((b, c, c), np.uint8)  # (B, C, C); pastes saturate at 255
     # Distractors first, as DeepMind's generator (addition commutes anyway).
     add_clutter(canvas, streams, pool_images, start, n_clutter, k)
     paste(canvas, pool_images[start:stop], top, left)
-    images = to_uint8(canvas)  # (B, C, C, 1)
+    images = canvas[..., None]  # (B, C, C, 1)
     boxes = np.stack([top, left, np.full(b, DIGIT), np.full(b, DIGIT)], axis=1).astype(np.int32)
     return {"images": images, "labels": pool_labels[start:stop].copy(), "boxes": boxes}

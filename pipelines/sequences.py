@@ -26,7 +26,7 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from pipelines.canvas import SampleStreams, add_clutter, other_digits, paste, to_uint8
+from pipelines.canvas import SampleStreams, add_clutter, other_digits, paste
 from pipelines.mnist import DIGIT, split_pools
 from pipelines.sources import MnistSource, load_mnist
 
@@ -126,9 +126,9 @@ def generate_sequences(
     steps = np.where(cells[:-1] < (lengths - 1)[:, None], DIGIT + gaps[:, :-1], 0)  # (B, 4)
     lefts = np.concatenate([np.zeros((b, 1), np.int64), np.cumsum(steps, axis=1)], axis=1)  # (B, 5) cell lefts
     h, widths = DIGIT + recipe.jitter, lefts[np.arange(b), lengths - 1] + DIGIT  # strip height, (B,) widths
-    strips = np.zeros((b, h, int(widths.max())), np.uint16)  # (B, H, Wmax), wide enough for overlapping cells
+    strips = np.zeros((b, h, int(widths.max())), np.uint8)  # (B, H, Wmax); overlapping cells saturate at 255
     for j in range(m):
-        cell = np.where(present[:, j, None, None], pool_images[digits[:, j]], 0).astype(np.uint8)  # (B, 28, 28)
+        cell = np.where(present[:, j, None, None], pool_images[digits[:, j]], np.uint8(0))  # (B, 28, 28)
         paste(strips, cell, drops[:, j], lefts[:, j])
 
     fit = np.minimum(1.0, np.minimum(c / h, c / widths))  # (B,) shrink factor (as Python's min of floats)
@@ -136,13 +136,13 @@ def generate_sequences(
     fw = np.minimum(c, np.maximum(1, np.rint(widths * fit).astype(np.int64)))  # (B,)
     tops = streams.integers(0, c - fh + 1)  # (B,)
     lefts_on_canvas = streams.integers(0, c - fw + 1)  # (B,)
-    canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C), wide enough for overlapping adds
+    canvas = np.zeros((b, c, c), np.uint8)  # (B, C, C); adds saturate at 255
     for row in range(b):
         strip, top, left = strips[row, :, : widths[row]], tops[row], lefts_on_canvas[row]
         if (fh[row], fw[row]) != strip.shape:
-            shrunk = Image.fromarray(np.minimum(strip, 255).astype(np.uint8)).resize((fw[row], fh[row]), resample=RESAMPLE)
+            shrunk = Image.fromarray(strip).resize((fw[row], fh[row]), resample=RESAMPLE)
             strip = np.asarray(shrunk)
-        canvas[row, top : top + fh[row], left : left + fw[row]] += strip
+        canvas[row, top : top + fh[row], left : left + fw[row]] = strip  # the first thing on this canvas
 
     sy, sx = (fh / h)[:, None], (fw / widths)[:, None]  # (B, 1) the exact per-axis scales PIL used
     top, left = tops[:, None], lefts_on_canvas[:, None]
@@ -153,7 +153,7 @@ def generate_sequences(
     out["lengths"][:] = lengths
     # Pasted under the digits (addition commutes, so the order of pasting does not change the bytes).
     add_clutter(canvas, streams, pool_images, start, recipe.clutter_count, recipe.clutter_size)
-    out["images"] = to_uint8(canvas)  # (B, C, C, 1)
+    out["images"] = canvas[..., None]  # (B, C, C, 1)
     return out
 
 
@@ -185,11 +185,11 @@ def generate_pairs(
     swap = (second[:, 1] < first[:, 1]) | ((second[:, 1] == first[:, 1]) & (second[:, 0] < first[:, 0]))
     digits = np.where(swap[:, None], pairs[:, ::-1], pairs)  # (B, 2) pool indices in reading order
     at = np.where(swap[:, None, None], np.stack([second, first], axis=1), np.stack([first, second], axis=1))  # (B, 2, 2)
-    canvas = np.zeros((b, c, c), np.uint16)  # (B, C, C)
+    canvas = np.zeros((b, c, c), np.uint8)  # (B, C, C); pastes saturate at 255
     add_clutter(canvas, streams, pool_images, start, recipe.clutter_count, recipe.clutter_size)
     for j in range(2):
         paste(canvas, pool_images[digits[:, j]], at[:, j, 0], at[:, j, 1])
-    out["images"] = to_uint8(canvas)  # (B, C, C, 1)
+    out["images"] = canvas[..., None]  # (B, C, C, 1)
     out["labels"][:, :2] = pool_labels[digits]
     out["lengths"][:] = 2
     out["boxes"][:, :2] = np.concatenate([at, np.full((b, 2, 2), DIGIT)], axis=2)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipelines import sources
-from pipelines.canvas import sample_rng
+from pipelines.canvas import paste, sample_rng
 from pipelines.mnist import DIGIT, MnistCanvasFamily, MnistCanvasRecipe, generate, split_pools
 
 FAMILY = MnistCanvasFamily()
@@ -151,3 +151,21 @@ def test_sample_streams_draw_what_each_samples_own_numpy_generator_draws(seed, s
             assert np.array_equal(got, np.array(want)), kind
         with pytest.raises(ValueError, match="distinct"):
             streams.integers(0, 10, rows=[0, 0])
+
+
+def test_saturating_pastes_equal_one_clip_of_the_whole_sum_in_any_order():
+    rng = np.random.default_rng(7)
+    b, c, k = 64, 12, 5
+    patches = rng.integers(0, 256, (6, b, k, k), dtype=np.uint8)  # bright: most overlaps pass 255
+    at = rng.integers(0, c - k + 1, (6, 2, b))
+    wide = np.zeros((b, c, c), np.int64)
+    for p, (top, left) in zip(patches, at):
+        for row in range(b):
+            wide[row, top[row] : top[row] + k, left[row] : left[row] + k] += p[row]
+    expected = np.minimum(wide, 255).astype(np.uint8)
+    assert (wide > 255).any()
+    for order in (range(6), reversed(range(6))):
+        canvas = np.zeros((b, c, c), np.uint8)
+        for j in order:
+            paste(canvas, patches[j], *at[j])
+        np.testing.assert_array_equal(canvas, expected)
