@@ -120,20 +120,36 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _execute(tasks, *, workers: int | None, scheduler, bar) -> list:
-    if scheduler is None or scheduler in ("threads", "processes"):
+def _start_pool(workers: int | None, scheduler):
+    """The local pool of a build (None for a dask.distributed scheduler), started before the
+    build touches zarr.
+
+    Processes are forked where that is safe (Linux, and no other Python thread in this process):
+    a worker starts in milliseconds with every module imported and the sources already loaded by
+    `plan_build` (a spawned one re-imports and re-reads them, ~1.5 s). The command line gets
+    here before any zarr call starts zarr's I/O thread, so no thread is copied half-way through
+    anything. A caller with threads of its own (zarr's, after reading a store) gets spawned
+    workers, as does every other platform.
+    """
+    if scheduler not in (None, "threads", "processes"):
+        return None
+    workers = workers or os.cpu_count() or 1
+    if scheduler != "processes":
+        return ThreadPoolExecutor(workers)
+    method = "fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn"
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_die_with_parent)
+    pool.submit(os.getpid).result()  # a fork pool starts all its workers at the first task: now
+    return pool
+
+
+def _execute(tasks, *, pool, scheduler, bar) -> list:
+    if pool is not None:
         # Our own pool, so that on any failure (an error, SIGTERM, Ctrl-C) the chunks being written
         # finish before the caller removes the partial store: no worker writes into a deleted folder.
-        workers = workers or os.cpu_count()
-        kind = scheduler or "threads"
-        if kind == "processes":  # for generation that holds the GIL; spawn, never fork after zarr
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent)
-        else:
-            pool = ThreadPoolExecutor(workers)
         try:
             with _Progress(bar):
                 # The scheduler as a function: a name makes dask import distributed (0.3 s) to look for a client.
-                get = dask.multiprocessing.get if kind == "processes" else dask.threaded.get
+                get = dask.multiprocessing.get if isinstance(pool, ProcessPoolExecutor) else dask.threaded.get
                 return list(dask.compute(*tasks, scheduler=get, pool=pool))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -168,10 +184,10 @@ def build_dataset(
     """Build dataset `name` into the Zarr store `out` and return its path.
 
     `source`: where the data comes from, default the dataset family's first (e.g. "mnist").
-    `scheduler`: None or "threads" for a local pool of `workers` threads, "processes" for spawned
-    worker processes (faster with several workers where generation holds the GIL, the
-    families with `gil_bound`; what `visatt-data build` uses for them, but a script calling it
-    needs an `if __name__ == "__main__":` guard, as any spawned pool does), or a dask.distributed address (or Client). Workers must see `out` (a shared filesystem). A build whose recipe is a locked
+    `scheduler`: None or "threads" for a local pool of `workers` threads, "processes" for worker
+    processes (forked on Linux, spawned elsewhere, where a calling script needs an
+    `if __name__ == "__main__":` guard as for any spawned pool), or a dask.distributed address
+    (or Client), whose workers must see `out` (a shared filesystem). A build whose recipe is a locked
     version must reproduce the lock's digests exactly, or it fails naming the arrays that differ
     and leaves any previous store untouched.
     """
@@ -191,54 +207,59 @@ def build_dataset(
         )
     spec = get_dataset(name)
     specs = spec.family.array_specs(plan.recipe)
-    with store.atomic_store(out, overwrite=overwrite) as partial:
-        store.create_arrays(partial, plan.splits, specs)
-        tasks = [
-            dask.delayed(_run_task, pure=True)(name, plan.recipe, plan.source_dir, str(partial), split, a, min(a + store.CHUNK, n))
-            for split, n in plan.splits.items()
-            for a in range(0, n, store.CHUNK)
-        ]
-        total = sum(plan.splits.values())
-        with tqdm(total=total, unit="img", desc=f"build {name}", disable=not progress, leave=False) as bar:
-            results = _execute(tasks, workers=workers, scheduler=scheduler, bar=bar)
-        digests = {}
-        for split, n in plan.splits.items():
-            mine = sorted((r for r in results if r[0] == split), key=lambda r: r[1])
-            for array, (tail, dtype) in specs.items():
-                blocks = [r[3][array] for r in mine]
-                digests[f"{split}/{array}"] = store.combine_digests((n, *tail), dtype, blocks)
-        if locked is not None:
-            differ = compare(locked["digests"], digests)
-            if differ:
-                raise LockError(
-                    f"{name} {plan.version} ({source}) does not reproduce {lock.path}: "
-                    f"arrays that differ: {', '.join(differ)}"
-                )
-        attrs = {
-            "dataset": name,
-            "version": plan.version if plan.named else None,
-            "frozen": locked is not None,
-            "task": spec.family.task,
-            "num_classes": 10,
-            "recipe": dataclasses.asdict(plan.recipe),
-            "recipe_digest": digest,
-            "limit": limit,
-            "splits": plan.splits,
-            "sources": plan.sources,
-            "digests": digests,
-            "package_version": package_version(),
-            **plan.attrs,
-        }
-        store.finalize(partial, attrs)
-        entry = {
-            "recipe": attrs["recipe"],
-            "recipe_digest": digest,
-            "sources": plan.sources,
-            "digests": digests,
-            "splits": plan.splits,
-        }
-        if update_lock:
-            if not plan.named:
-                raise LockError(f"only the named recipe of {name} can be locked (no custom options, no --limit)")
-            lock.record(name, plan.version, source, entry)
+    pool = _start_pool(workers, scheduler)  # before any zarr call (see there)
+    try:
+        with store.atomic_store(out, overwrite=overwrite) as partial:
+            store.create_arrays(partial, plan.splits, specs)
+            tasks = [
+                dask.delayed(_run_task, pure=True)(name, plan.recipe, plan.source_dir, str(partial), split, a, min(a + store.CHUNK, n))
+                for split, n in plan.splits.items()
+                for a in range(0, n, store.CHUNK)
+            ]
+            total = sum(plan.splits.values())
+            with tqdm(total=total, unit="img", desc=f"build {name}", disable=not progress, leave=False) as bar:
+                results = _execute(tasks, pool=pool, scheduler=scheduler, bar=bar)
+            digests = {}
+            for split, n in plan.splits.items():
+                mine = sorted((r for r in results if r[0] == split), key=lambda r: r[1])
+                for array, (tail, dtype) in specs.items():
+                    blocks = [r[3][array] for r in mine]
+                    digests[f"{split}/{array}"] = store.combine_digests((n, *tail), dtype, blocks)
+            if locked is not None:
+                differ = compare(locked["digests"], digests)
+                if differ:
+                    raise LockError(
+                        f"{name} {plan.version} ({source}) does not reproduce {lock.path}: "
+                        f"arrays that differ: {', '.join(differ)}"
+                    )
+            attrs = {
+                "dataset": name,
+                "version": plan.version if plan.named else None,
+                "frozen": locked is not None,
+                "task": spec.family.task,
+                "num_classes": 10,
+                "recipe": dataclasses.asdict(plan.recipe),
+                "recipe_digest": digest,
+                "limit": limit,
+                "splits": plan.splits,
+                "sources": plan.sources,
+                "digests": digests,
+                "package_version": package_version(),
+                **plan.attrs,
+            }
+            store.finalize(partial, attrs)
+            entry = {
+                "recipe": attrs["recipe"],
+                "recipe_digest": digest,
+                "sources": plan.sources,
+                "digests": digests,
+                "splits": plan.splits,
+            }
+            if update_lock:
+                if not plan.named:
+                    raise LockError(f"only the named recipe of {name} can be locked (no custom options, no --limit)")
+                lock.record(name, plan.version, source, entry)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # also after a failure before the pool's first task
     return out

@@ -50,7 +50,7 @@ class MnistCanvasFamily:
     recipe_type = MnistCanvasRecipe
     task = "digit"
     sources = ("mnist", "sample")  # the real files (cache) or the embedded sample
-    gil_bound = False  # whole-chunk numpy work (`SampleStreams`): threads beat spawned processes here
+    gil_bound = False  # whole-chunk numpy work (`SampleStreams`): where processes must be spawned, threads win
 
     def make_recipe(self, source: str, **options) -> MnistCanvasRecipe:
         if options.get("val_size") is None:

@@ -17,7 +17,7 @@ import zarr
 from tqdm import tqdm
 
 from pipelines import store
-from pipelines.build import _execute, build_dataset
+from pipelines.build import _execute, _start_pool, build_dataset
 from pipelines.lock import Lock, LockError
 from pipelines.verify import verify_store
 
@@ -43,6 +43,23 @@ def test_same_bytes_for_one_two_workers_and_a_distributed_cluster(tmp_path, empt
     assert store.recompute_digests(dist) == digests(one)  # what the workers wrote is what was digested
 
 
+def test_the_command_line_forks_its_workers_and_they_reproduce_the_lock(tmp_path, home):
+    """A command-line build forks its pool before zarr starts a thread (a process with threads
+    of its own gets spawned workers): the frozen sample version still reproduces the lock."""
+    code = ("import threading; from pipelines.build import _start_pool; p = _start_pool(2, 'processes'); "
+            "print(p._mp_context.get_start_method()); p.shutdown(); e = threading.Event(); "
+            "threading.Thread(target=e.wait).start(); q = _start_pool(2, 'processes'); "
+            "print(q._mp_context.get_start_method()); q.shutdown(); e.set()")
+    methods = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert methods.stdout.split() == (["fork", "spawn"] if sys.platform == "linux" else ["spawn", "spawn"])
+    out = tmp_path / "f.zarr"
+    cmd = [sys.executable, "-m", "pipelines.cli", "build", "mnist-cluttered-60", "--source", "sample", "--workers", "2",
+           "--out", str(out), "--quiet", "--lock", str(REPO / "datasets.lock")]
+    subprocess.run(cmd, check=True, capture_output=True)
+    attrs = store.store_attrs(out)
+    assert attrs["frozen"] and verify_store(out, REPO / "datasets.lock")[0] == []
+
+
 def test_full_mnist_cluttered_reproduces_the_committed_lock(tmp_path, home):
     """The headline claim: the full seed-article dataset is byte-identical to datasets.lock."""
     out = build_dataset("mnist-cluttered", tmp_path / "mc.zarr", workers=2, progress=False,
@@ -56,17 +73,25 @@ def test_full_mnist_cluttered_reproduces_the_committed_lock(tmp_path, home):
     assert problems == [] and "matches mnist-cluttered 1.0.0 (mnist)" in notes[0]
 
 
-def test_the_command_line_uses_processes_only_where_generation_holds_the_gil():
-    """Threads scale for the numpy-vectorised canvases and pairs; per-sample Python work
-    (sequences, SVHN) gets spawned processes when more than one worker runs."""
-    from pipelines.cli import local_scheduler
+def test_the_command_line_uses_processes_for_more_than_one_worker():
+    """Forked processes (Linux) beat threads for every family; where they must be spawned, only
+    per-sample Python work (sequences, SVHN) is worth their start-up."""
+    from pipelines import cli
 
-    assert local_scheduler(None, 2, "mnist-cluttered") is None  # threads
-    assert local_scheduler(None, 2, "mnist-pairs") is None
-    assert local_scheduler(None, 2, "mnist-sequences") == "processes"
-    assert local_scheduler(None, 2, "svhn-64") == "processes"
-    assert local_scheduler(None, 1, "mnist-sequences") is None
-    assert local_scheduler("threads", 2, "mnist-sequences") == "threads"
+    for name in ("mnist-cluttered", "mnist-pairs", "mnist-sequences", "svhn-64"):
+        assert cli.local_scheduler(None, 2, name) == "processes"
+        assert cli.local_scheduler(None, 1, name) is None  # threads
+        assert cli.local_scheduler("threads", 2, name) == "threads"
+
+
+def test_where_processes_are_spawned_only_gil_bound_generation_gets_them(monkeypatch):
+    from pipelines import cli
+
+    monkeypatch.setattr(cli.sys, "platform", "darwin")
+    assert cli.local_scheduler(None, 2, "mnist-cluttered") is None
+    assert cli.local_scheduler(None, 2, "mnist-pairs") is None
+    assert cli.local_scheduler(None, 2, "mnist-sequences") == "processes"
+    assert cli.local_scheduler(None, 2, "svhn-64") == "processes"
 
 
 def test_lock_mismatch_names_the_arrays_and_keeps_the_old_store(tmp_path, empty_lock):
@@ -155,7 +180,7 @@ def _signals_as_from_a_terminal():
 def test_a_killed_build_leaves_the_previous_store_intact(tmp_path, home, empty_lock, sig):
     out = build_dataset("mnist-translated-60", tmp_path / "k.zarr", source="sample", progress=False)
     before = digests(out)
-    # mnist-sequences on 2 spawned processes (the command line's choice for it): seconds of chunks
+    # mnist-sequences on 2 processes (the command line's choice): seconds of chunks
     # after the first one appears, so the signal lands mid-build.
     cmd = [sys.executable, "-m", "pipelines.cli", "build", "mnist-sequences", "--out", str(out),
            "--overwrite", "--workers", "2", "--quiet"]
@@ -201,7 +226,7 @@ def test_a_failed_build_returns_only_after_its_worker_threads_stop():
 
     tasks = [dask.delayed(slow_chunk, pure=False)(), dask.delayed(broken_chunk, pure=False)()]
     with pytest.raises(OSError, match="disk full"):
-        _execute(tasks, workers=2, scheduler="threads", bar=tqdm(disable=True))
+        _execute(tasks, pool=_start_pool(2, "threads"), scheduler="threads", bar=tqdm(disable=True))
     assert finished.is_set()
 
 
@@ -217,11 +242,11 @@ def _broken_chunk():
 
 
 def test_a_failed_build_returns_only_after_its_worker_processes_stop(tmp_path):
-    """The same with the command line's pool of several workers (spawned processes)."""
+    """The same with the command line's pool of several workers (processes)."""
     marker = tmp_path / "finished"
     tasks = [dask.delayed(_slow_chunk_file, pure=False)(str(marker)), dask.delayed(_broken_chunk, pure=False)()]
     with pytest.raises(OSError, match="disk full"):
-        _execute(tasks, workers=2, scheduler="processes", bar=tqdm(disable=True))
+        _execute(tasks, pool=_start_pool(2, "processes"), scheduler="processes", bar=tqdm(disable=True))
     assert marker.read_text() == "done"
 
 
