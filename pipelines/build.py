@@ -185,8 +185,9 @@ def build_dataset(
 
     `source`: where the data comes from, default the dataset family's first (e.g. "mnist").
     `scheduler`: None or "threads" for a local pool of `workers` threads, "processes" for worker
-    processes (forked on Linux, spawned elsewhere, where a calling script needs an
-    `if __name__ == "__main__":` guard as for any spawned pool), or a dask.distributed address
+    processes (forked on Linux when this process runs no other Python thread; spawned otherwise,
+    and then a calling script needs an `if __name__ == "__main__":` guard as for any spawned
+    pool), or a dask.distributed address
     (or Client), whose workers must see `out` (a shared filesystem). A build whose recipe is a locked
     version must reproduce the lock's digests exactly, or it fails naming the arrays that differ
     and leaves any previous store untouched.
