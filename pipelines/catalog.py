@@ -142,7 +142,7 @@ def get(ref: str, location, *, lock_path=None, overwrite: bool = False, progress
     entry = lock.entry(name, version, source)
     if entry is None:
         raise StoreError(f"{name} {version} ({source}) is not a frozen version in {lock.path}: nothing to verify a copy against")
-    root = store.open_store(location)
+    root = store.open_root(location)
     attrs = dict(root.attrs[store.ATTRS_KEY])
     found = (attrs.get("dataset"), attrs.get("version"), (attrs.get("recipe") or {}).get("source"))
     if found != (name, version, source):

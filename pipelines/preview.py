@@ -15,7 +15,7 @@ _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "extra": 3}
 
 def store_info(path: Path) -> dict:
     """Splits with array shapes and dtypes, label histograms, and the store's attributes."""
-    root = store.open_store(path)
+    root = store.open_root(path)
     attrs = dict(root.attrs[store.ATTRS_KEY])
     splits = {}
     for split_name, group in sorted(root.groups(), key=lambda g: _SPLIT_ORDER.get(g[0], 99)):
@@ -57,7 +57,7 @@ def format_info(info: dict) -> str:
 
 def preview(path: Path, out: Path, *, split: str = "test", count: int = 16, columns: int = 8, scale: int = 2) -> Path:
     """Write a PNG grid of the first `count` samples of `split`, digit boxes in red, labels above."""
-    root = store.open_store(path)
+    root = store.open_root(path)
     if split not in root:
         raise store.StoreError(f"{path}: no split {split!r} (has {', '.join(sorted(n for n, _ in root.groups()))})")
     group = root[split]

@@ -71,7 +71,7 @@ def open_store(location, *, verify: bool = True, lock_path=None) -> StoreInfo:
     `verify`: a store that says it is a locked version must record the lock's digests (its
     content is then checked against them by each `Split`)."""
     path = resolve(location)
-    root = store_lib.open_store(path)
+    root = store_lib.open_root(path)
     attrs = root.attrs.get(ATTRS_KEY)
     missing = [k for k in ("dataset", "recipe_digest", "task", "num_classes") if k not in attrs]
     if missing:

@@ -242,8 +242,9 @@ def zarr_store(location):
     return LocalStore(path, read_only=True)
 
 
-def open_store(location) -> zarr.Group:
-    """The root group of the visatt store at `location` (any place `zarr_store` reads), read-only."""
+def open_root(location) -> zarr.Group:
+    """The root group of the visatt store at `location` (any place `zarr_store` reads), read-only.
+    `pipelines.reader.open_store` builds on it: the checked attributes and splits, for readers."""
     if not is_url(location):
         path = Path(location)
         if not path.exists() and path.parent.exists():
@@ -265,12 +266,12 @@ def open_store(location) -> zarr.Group:
 
 
 def store_attrs(location) -> dict:
-    return dict(open_store(location).attrs[ATTRS_KEY])
+    return dict(open_root(location).attrs[ATTRS_KEY])
 
 
 def recompute_digests(location) -> dict[str, str]:
     """Digest of every array in the store, read chunk by chunk; unreadable arrays map to 'error: ...'."""
-    root = open_store(location)
+    root = open_root(location)
     zstore = root.store
     out = {}
     for split_name, group in sorted(root.groups()):

@@ -14,7 +14,7 @@ from PIL import Image
 from pipelines import sequences as seq
 from pipelines.cli import main
 from pipelines.sources import load_mnist
-from pipelines.store import open_store, store_attrs
+from pipelines.store import open_root, store_attrs
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_cli_preview_draws_sequences_with_their_labels(tmp_path, empty_lock):
     sheet = np.asarray(Image.open(tmp_path / "p.png").convert("RGB")).astype(int)
     scale, caption = 2, 14  # the preview's tile layout: 64x64 scaled x2, a caption row above
     assert sheet.shape == (2 * (64 * scale + caption + 4), 4 * (64 * scale + 4), 3)
-    test = open_store(out)["test"]
+    test = open_root(out)["test"]
     for i in range(8):
         x0, y0 = (i % 4) * (64 * scale + 4) + 2, (i // 4) * (64 * scale + caption + 4) + caption + 2
         tile = sheet[y0 : y0 + 64 * scale, x0 : x0 + 64 * scale]

@@ -22,7 +22,7 @@ import svhn_fixtures as fx
 from pipelines import svhn
 from pipelines.archive import ArchiveError, Expected, file_checksums
 from pipelines.cli import main
-from pipelines.store import open_store, store_attrs
+from pipelines.store import open_root, store_attrs
 from pipelines.svhn import SvhnError, SvhnRecipe
 
 
@@ -323,7 +323,7 @@ def test_cli_builds_the_real_sample_with_limit(tmp_path, empty_lock, svhn_sample
     result = _cli("build", "svhn", "--from", svhn_sample, "--limit", 3, "--out", out, "--quiet")
     assert result.exit_code == 0, result.output
     assert "evaluation crop: val and test cropped around their digit boxes" in result.output
-    root = open_store(out)
+    root = open_root(out)
     attrs = root.attrs["visatt"]
     assert attrs["version"] is None and attrs["recipe"]["limit"] == 3 and attrs["task"] == "sequence"
     assert attrs["sources"]["test/digitStruct.mat"] == svhn._sha256_file(svhn_sample / "test" / "digitStruct.mat")
