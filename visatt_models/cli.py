@@ -113,6 +113,9 @@ class CropType(click.ParamType):
 @click.option("--clipnorm", type=click.FloatRange(0, min_open=True), default=None, help="Clip each variable's gradient to this norm.")
 @click.option("--global-clipnorm", type=click.FloatRange(0, min_open=True), default=None,
               help="Scale all gradients together to at most this global norm (excludes --clipnorm).")
+@click.option("--weight-decay", type=click.FloatRange(0, 1, max_open=True), default=_DEFAULTS.weight_decay, show_default=True,
+              help="Decoupled weight decay (AdamW-style): each step also scales every trainable variable by "
+                   "(1 - weight_decay x lr). 0: none.")
 @click.option("--schedule", type=click.Choice(["constant", "cosine", "step"]), default=_DEFAULTS.schedule, show_default=True,
               help="Learning rate per step: constant; cosine (warm-up from 0 over --warmup-epochs, then a cosine down to "
                    "--final-lr-fraction x lr at the last epoch; raising --epochs on --resume re-plans it over the new "

@@ -42,6 +42,11 @@ class TrainConfig:
         step      `lr * step_factor ** floor(epoch / step_epochs)`, changing at epoch boundaries.
     clipnorm: clip each variable's gradient to this norm; global_clipnorm: scale all gradients
         together so that their global norm is at most this (exclusive with clipnorm).
+    weight_decay: decoupled weight decay (Loshchilov & Hutter's AdamW; with SGD the same
+        shrinking step): every step multiplies each trainable variable by (1 - weight_decay * lr),
+        apart from the gradient step, as Keras' optimizers do; 0: none. It applies to every
+        trainable variable (biases and batch-norm scales too, as in Keras' AdamW by default), so
+        that a resumed run, whose optimizer comes back from its checkpoint, decays the same ones.
     """
 
     epochs: int = 10
@@ -61,6 +66,7 @@ class TrainConfig:
     step_epochs: int = 10  # step only
     step_factor: float = 0.1  # step only
     global_clipnorm: float | None = None
+    weight_decay: float = 0.0
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine", "step"):
@@ -78,6 +84,8 @@ class TrainConfig:
         for name in ("clipnorm", "global_clipnorm"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
+        if not 0 <= self.weight_decay < 1:
+            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
         if self.crop is not None:
             object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
             if len(self.crop) != 2 or min(self.crop) < 1:

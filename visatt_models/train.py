@@ -154,10 +154,10 @@ def make_schedule(train: TrainConfig, steps_per_epoch: int):
 
 def make_optimizer(train: TrainConfig, steps_per_epoch: int):
     lr = make_schedule(train, steps_per_epoch)
-    clip = {"clipnorm": train.clipnorm, "global_clipnorm": train.global_clipnorm}
+    common = {"clipnorm": train.clipnorm, "global_clipnorm": train.global_clipnorm, "weight_decay": train.weight_decay or None}
     if train.optimizer == "adam":
-        return keras.optimizers.Adam(lr, **clip)
-    return keras.optimizers.SGD(lr, momentum=train.momentum, **clip)
+        return keras.optimizers.Adam(lr, **common)
+    return keras.optimizers.SGD(lr, momentum=train.momentum, **common)
 
 
 _initialized: list = []

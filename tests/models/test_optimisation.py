@@ -62,3 +62,23 @@ def test_global_clipping_bounds_the_global_norm_and_keeps_the_direction():
     per = make_optimizer(TrainConfig(lr=1.0, optimizer="sgd", momentum=0.0, clipnorm=1.0), 1)
     per.apply_gradients([(keras.ops.convert_to_tensor(grads[0]), c)])
     np.testing.assert_allclose(-keras.ops.convert_to_numpy(c), [1.0, 0.0, 0.0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_weight_decay_shrinks_every_variable_by_lr_times_decay_apart_from_the_gradient(name):
+    v = keras.Variable(np.array([2.0, -4.0], "float32"))
+    optimizer = make_optimizer(TrainConfig(lr=0.1, optimizer=name, momentum=0.0, weight_decay=0.5), 1)
+    optimizer.apply_gradients([(keras.ops.zeros((2,)), v)])  # no gradient: only the decay moves it
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(v), [2.0 * 0.95, -4.0 * 0.95], rtol=1e-6)
+    plain = keras.Variable(np.array([2.0, -4.0], "float32"))
+    make_optimizer(TrainConfig(lr=0.1, optimizer=name), 1).apply_gradients([(keras.ops.zeros((2,)), plain)])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(plain), [2.0, -4.0])
+
+
+def test_weight_decay_comes_back_with_a_saved_optimizer():
+    """A resumed run's optimizer is the one in its checkpoint: the decay must be in its config."""
+    optimizer = make_optimizer(TrainConfig(weight_decay=0.01), 1)
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert again.weight_decay == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="weight_decay"):
+        TrainConfig(weight_decay=-0.1)
