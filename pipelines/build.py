@@ -16,6 +16,7 @@ import threading
 import time
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from importlib.metadata import PackageNotFoundError, version as _pkg_version
 from pathlib import Path
 
@@ -100,17 +101,25 @@ class _Progress(Callback):
 
 
 def _die_with_parent() -> None:
-    """Worker-process initializer: a worker must not outlive its build (a SIGKILLed build's
-    workers would go on writing chunks into the folder the next build removes). On Linux the
-    kernel kills the worker when its parent dies; elsewhere a thread watches the parent."""
-    parent = os.getppid()
-    try:
-        import ctypes
+    """Worker-process initializer.
 
-        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) == 0 and os.getppid() == parent:  # PR_SET_PDEATHSIG
-            return
-    except (OSError, AttributeError):
-        pass
+    A worker must not outlive its build (a SIGKILLed build's workers would go on writing chunks
+    into the folder the next build removes): on Linux the kernel kills the worker when its parent
+    dies; elsewhere a thread watches the parent. Its signals are a worker's, not the command
+    line's (a forked worker inherits the parent's handlers): SIGTERM kills it, which breaks the
+    pool and fails the build, and Ctrl-C (SIGINT to the whole process group) is left to the
+    parent, which lets the chunks in flight finish before it removes the partial store."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    if sys.platform == "linux":
+        try:
+            import ctypes
+
+            if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) == 0 and os.getppid() == parent:  # PR_SET_PDEATHSIG
+                return
+        except Exception:  # no libc to call: watch instead
+            pass
 
     def watch():
         while os.getppid() == parent:
@@ -120,24 +129,25 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _start_pool(workers: int | None, scheduler):
-    """The local pool of a build (None for a dask.distributed scheduler), started before the
-    build touches zarr.
+def _start_pool(workers: int | None, scheduler, fork: bool = False):
+    """The local pool of a build (None for a dask.distributed scheduler).
 
-    Processes are forked where that is safe (Linux, and no other Python thread in this process):
-    a worker starts in milliseconds with every module imported and the sources already loaded by
-    `plan_build` (a spawned one re-imports and re-reads them, ~1.5 s). The command line gets
-    here before any zarr call starts zarr's I/O thread, so no thread is copied half-way through
-    anything. A caller with threads of its own (zarr's, after reading a store) gets spawned
-    workers, as does every other platform.
+    `fork`: fork the worker processes (Linux) instead of spawning them, if this process runs no
+    other Python thread: a worker then starts in milliseconds with every module imported and
+    the sources already loaded by `plan_build` (a spawned one re-imports and re-reads them,
+    ~1.5 s). Only for a caller that knows its process holds no native threads that a fork
+    would copy half-way through something (a machine-learning framework's, say, which
+    `threading` does not see): the command line, which gets here before zarr has started a
+    thread. Spawned otherwise.
     """
     if scheduler not in (None, "threads", "processes"):
         return None
     workers = workers or os.cpu_count() or 1
     if scheduler != "processes":
         return ThreadPoolExecutor(workers)
-    method = "fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn"
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_die_with_parent)
+    forking = fork and sys.platform == "linux" and threading.active_count() == 1
+    context = multiprocessing.get_context("fork" if forking else "spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent)
     pool.submit(os.getpid).result()  # a fork pool starts all its workers at the first task: now
     return pool
 
@@ -151,6 +161,8 @@ def _execute(tasks, *, pool, scheduler, bar) -> list:
                 # The scheduler as a function: a name makes dask import distributed (0.3 s) to look for a client.
                 get = dask.multiprocessing.get if isinstance(pool, ProcessPoolExecutor) else dask.threaded.get
                 return list(dask.compute(*tasks, scheduler=get, pool=pool))
+        except BrokenProcessPool:
+            raise BuildError("a worker process of the build died (killed, or out of memory); nothing was written") from None
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     from distributed import Client, as_completed
@@ -179,15 +191,16 @@ def build_dataset(
     progress: bool = True,
     update_lock: bool = False,
     lock_path=None,
+    fork: bool = False,
     **options,
 ) -> Path:
     """Build dataset `name` into the Zarr store `out` and return its path.
 
     `source`: where the data comes from, default the dataset family's first (e.g. "mnist").
-    `scheduler`: None or "threads" for a local pool of `workers` threads, "processes" for worker
-    processes (forked on Linux when this process runs no other Python thread; spawned otherwise,
-    and then a calling script needs an `if __name__ == "__main__":` guard as for any spawned
-    pool), or a dask.distributed address
+    `scheduler`: None or "threads" for a local pool of `workers` threads, "processes" for spawned
+    worker processes (a calling script needs an `if __name__ == "__main__":` guard, as for any
+    spawned pool; `fork=True` forks them instead where that is safe, see `_start_pool`: what
+    the command line does), or a dask.distributed address
     (or Client), whose workers must see `out` (a shared filesystem). A build whose recipe is a locked
     version must reproduce the lock's digests exactly, or it fails naming the arrays that differ
     and leaves any previous store untouched.
@@ -208,7 +221,8 @@ def build_dataset(
         )
     spec = get_dataset(name)
     specs = spec.family.array_specs(plan.recipe)
-    pool = _start_pool(workers, scheduler)  # before any zarr call (see there)
+    store.check_target(out, overwrite=overwrite)  # before a pool is started for nothing
+    pool = _start_pool(workers, scheduler, fork)  # before any zarr call (see there)
     try:
         with store.atomic_store(out, overwrite=overwrite) as partial:
             store.create_arrays(partial, plan.splits, specs)

@@ -218,6 +218,8 @@ def paste(canvas: np.ndarray, patches: np.ndarray, top: np.ndarray, left: np.nda
     and 8x faster than indexing every pixel). Each window is in its own canvas: no pixel is
     written twice in one call.
     """
+    if canvas.dtype != np.uint8 or patches.dtype != np.uint8:
+        raise TypeError(f"paste adds uint8 patches to a uint8 canvas, not {patches.dtype} to {canvas.dtype}")
     h, w = patches.shape[1:]
     windows = np.lib.stride_tricks.sliding_window_view(canvas, (h, w), axis=(1, 2), writeable=True)
     at = (np.arange(len(patches)), top, left)

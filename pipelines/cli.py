@@ -184,7 +184,7 @@ def build(name, out, source, source_dir, limit, workers, scheduler, overwrite, u
     out = out or Path(f"{name}.zarr")
     build_dataset(
         name, out, source=source, source_dir=source_dir, limit=limit, workers=workers, scheduler=local_scheduler(scheduler, workers, name),
-        overwrite=overwrite, progress=not quiet, update_lock=update_lock, lock_path=lock_path, **options,
+        overwrite=overwrite, progress=not quiet, update_lock=update_lock, lock_path=lock_path, fork=True, **options,
     )
     click.echo(format_info(store_info(out)))
 
@@ -366,7 +366,8 @@ def lock(names, sources_, workers, lock_path):
         for source in sources_ or get_dataset(name).family.sources:
             with tempfile.TemporaryDirectory(prefix="visatt-lock-") as tmp:
                 build_dataset(name, Path(tmp) / "store.zarr", source=source, workers=workers,
-                              scheduler=local_scheduler(None, workers, name), update_lock=True, lock_path=lock_path)
+                              scheduler=local_scheduler(None, workers, name), update_lock=True, lock_path=lock_path,
+                              fork=True)
             click.echo(f"locked {name} {get_dataset(name).version} ({source})")
 
 

@@ -208,8 +208,8 @@ def _verify_into(src: Path, f: SourceFile, dest_dir: Path) -> Path:
     with tempfile.NamedTemporaryFile(dir=dest_dir, prefix=f".{f.name}.", delete=False) as tmp:
         try:
             if _is_gzip(src):
-                with open(src, "rb") as f:
-                    shutil.copyfileobj(f, tmp)
+                with open(src, "rb") as compressed:
+                    shutil.copyfileobj(compressed, tmp)
             else:
                 tmp.write(gzip.compress(data, compresslevel=6, mtime=0))
             tmp.close()

@@ -130,6 +130,16 @@ def remove_stale_partials(target: Path) -> list[Path]:
     return removed
 
 
+def check_target(target, *, overwrite: bool) -> None:
+    """Refuse an existing `target` unless `overwrite`, after recovering what a build killed while
+    replacing it left (which may put its previous store back)."""
+    target = Path(target)
+    if target.parent.exists():
+        remove_stale_partials(target)
+    if os.path.lexists(target) and not overwrite:
+        raise StoreError(f"{target}: already exists (use --overwrite to replace it)")
+
+
 @contextlib.contextmanager
 def atomic_store(target: Path, *, overwrite: bool):
     """Yield a fresh partial folder beside `target`; rename it into place when the block succeeds.
@@ -138,10 +148,7 @@ def atomic_store(target: Path, *, overwrite: bool):
     `target` is left exactly as it was.
     """
     target = Path(target)
-    if target.parent.exists():
-        remove_stale_partials(target)  # first: it may put back a store that a killed build had moved aside
-    if os.path.lexists(target) and not overwrite:
-        raise StoreError(f"{target}: already exists (use --overwrite to replace it)")
+    check_target(target, overwrite=overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(target)
     partial.mkdir()

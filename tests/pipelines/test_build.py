@@ -46,18 +46,53 @@ def test_same_bytes_for_one_two_workers_and_a_distributed_cluster(tmp_path, empt
 def test_the_command_line_forks_its_workers_and_they_reproduce_the_lock(tmp_path, home):
     """A command-line build forks its pool before zarr starts a thread (a process with threads
     of its own gets spawned workers): the frozen sample version still reproduces the lock."""
-    code = ("import threading; from pipelines.build import _start_pool; p = _start_pool(2, 'processes'); "
-            "print(p._mp_context.get_start_method()); p.shutdown(); e = threading.Event(); "
-            "threading.Thread(target=e.wait).start(); q = _start_pool(2, 'processes'); "
-            "print(q._mp_context.get_start_method()); q.shutdown(); e.set()")
+    code = ("import threading; from pipelines.build import _start_pool\n"
+            "def method(fork):\n"
+            "    pool = _start_pool(2, 'processes', fork); pool.shutdown(); return pool._mp_context.get_start_method()\n"
+            "print(method(True), method(False)); e = threading.Event(); threading.Thread(target=e.wait).start()\n"
+            "print(method(True)); e.set()")
     methods = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert methods.stdout.split() == (["fork", "spawn"] if sys.platform == "linux" else ["spawn", "spawn"])
+    assert methods.stdout.split() == (["fork", "spawn", "spawn"] if sys.platform == "linux" else ["spawn"] * 3)
     out = tmp_path / "f.zarr"
     cmd = [sys.executable, "-m", "pipelines.cli", "build", "mnist-cluttered-60", "--source", "sample", "--workers", "2",
            "--out", str(out), "--quiet", "--lock", str(REPO / "datasets.lock")]
     subprocess.run(cmd, check=True, capture_output=True)
     attrs = store.store_attrs(out)
     assert attrs["frozen"] and verify_store(out, REPO / "datasets.lock")[0] == []
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            pass  # gone meanwhile
+    return children
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to find the build's worker processes")
+def test_a_killed_worker_fails_the_build_with_one_line_and_keeps_the_old_store(tmp_path, home, empty_lock):
+    """A forked worker must not inherit the command line's SIGTERM handler (which would turn the
+    kill into a SystemExit that dask hands back as a clean exit 0)."""
+    out = build_dataset("mnist-translated-60", tmp_path / "k.zarr", source="sample", progress=False)
+    before = digests(out)
+    cmd = [sys.executable, "-m", "pipelines.cli", "build", "mnist-sequences", "--out", str(out),
+           "--overwrite", "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_signals_as_from_a_terminal)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".k.zarr.partial-*/*/images/c")) and time.time() < deadline:
+        time.sleep(0.02)
+    workers = _children(proc.pid)
+    assert workers, "no worker processes"
+    os.kill(workers[0], signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert err.strip().splitlines() == ["Error: a worker process of the build died (killed, or out of memory); nothing was written"]
+    assert digests(out) == before and not list(tmp_path.glob(".k.zarr.partial-*"))
 
 
 def test_full_mnist_cluttered_reproduces_the_committed_lock(tmp_path, home):
