@@ -35,14 +35,17 @@ import tarfile
 import uuid
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 from PIL import Image
 
 from pipelines.archive import ArchiveError, Expected, download, extract_tar, new_folders, verify_file
 from pipelines.canvas import named_rng
 from pipelines.sources import visatt_home
+
+if TYPE_CHECKING:
+    import h5py
 
 MAX_LENGTH = 5
 BLANK = 10
@@ -99,6 +102,8 @@ class DigitStruct:
 
 
 def _read(dataset_id: h5py.h5d.DatasetID) -> np.ndarray:
+    import h5py  # here, not at the top: 70 ms of every command line start that never reads SVHN
+
     out = np.empty(dataset_id.shape, dataset_id.dtype)
     dataset_id.read(h5py.h5s.ALL, h5py.h5s.ALL, out)
     return out
@@ -106,6 +111,8 @@ def _read(dataset_id: h5py.h5d.DatasetID) -> np.ndarray:
 
 def _values(file_id, bbox_id, field: bytes) -> list[float]:
     """A bbox field: a 1x1 value, or a (k, 1) column of references to 1x1 values."""
+    import h5py
+
     data = _read(h5py.h5d.open(bbox_id, field))
     if h5py.check_ref_dtype(data.dtype) is None:
         return [float(v) for v in data.ravel()]
@@ -147,6 +154,8 @@ def read_digit_struct(path: Path, *, limit: int | None = None) -> DigitStruct:
 def _parse_digit_struct(path: Path, limit: int | None) -> DigitStruct:
     """Parse the file with h5py's low-level API: dereferencing through the high-level one costs
     ~3x more, which is seconds on SVHN's 33,402 train entries."""
+    import h5py
+
     names, lengths, labels, boxes = [], [], [], []
     fields = tuple(k.encode() for k in FIELDS)
     try:
