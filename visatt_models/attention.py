@@ -81,18 +81,24 @@ class LocationNetwork(layers.Layer):
         self.fc.build(h_shape)
         self.built = True
 
-    def call(self, h_t, noise, action=None):
+    def call(self, h_t, noise, action=None, std=None):
         """`h_t` (B, units), `noise` (B, 2) standard normal -> l_t (B, 2), log_pi (B,), mu_t (B, 2).
 
-        `action` (B, 2): take this location instead of a sample (log_pi is its density)."""
+        `action` (B, 2): take this location instead of a sample (log_pi is its density).
+        `std`: a scalar tensor to use instead of the fixed `self.std` (a std schedule)."""
         if self.detach:
             h_t = ops.stop_gradient(h_t)
         mu = self.fc(h_t)  # (B, 2)
         if self.mean == "tanh":
             mu = ops.tanh(mu)
-        sample = ops.stop_gradient(mu + self.std * noise if action is None else ops.cast(action, mu.dtype))  # (B, 2)
-        z = (sample - mu) / self.std
-        log_pi = ops.sum(-0.5 * z * z - math.log(self.std) - 0.5 * math.log(2 * math.pi), axis=-1)
+        if std is None:
+            std, log_std = self.std, math.log(self.std)
+        else:
+            std = ops.cast(std, mu.dtype)
+            log_std = ops.log(std)
+        sample = ops.stop_gradient(mu + std * noise if action is None else ops.cast(action, mu.dtype))  # (B, 2)
+        z = (sample - mu) / std
+        log_pi = ops.sum(-0.5 * z * z - log_std - 0.5 * math.log(2 * math.pi), axis=-1)
         l_t = ops.clip(sample, -self.clip, self.clip)
         return l_t, log_pi, mu
 
@@ -122,6 +128,22 @@ class BaselineNetwork(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
+
+
+def check_policy_config(config) -> None:
+    """Validate the location-policy fields that RAMConfig and DRAMConfig share (std, its schedule,
+    the mean's form, the policy warm-up); raise ValueError naming the field."""
+    if not config.std > 0:
+        raise ValueError(f"std must be > 0, got {config.std}")
+    if config.location_mean not in ("linear", "tanh"):
+        raise ValueError(f"location_mean must be 'linear' or 'tanh', got {config.location_mean!r}")
+    if config.policy_warmup_steps < 0:
+        raise ValueError(f"policy_warmup_steps must be >= 0, got {config.policy_warmup_steps}")
+    if config.std_anneal_steps < 0:
+        raise ValueError(f"std_anneal_steps must be >= 0, got {config.std_anneal_steps}")
+    if config.std_anneal_steps and not config.std_start > 0:
+        raise ValueError(f"std_anneal_steps={config.std_anneal_steps} needs std_start > 0 (the std at step 0), "
+                         f"got {config.std_start}")
 
 
 def reinforce_terms(log_pi, reward, baseline, mask=None):
@@ -164,10 +186,12 @@ class AttentionModel(VisattModel):
         super().__init__(config, task, **kwargs)
         self.seed_generator = keras.random.SeedGenerator(self.config.seed)
         self.sampling = self.add_weight(shape=(), initializer="ones", trainable=False, name="sampling")
-        # Training steps seen, for `policy_warmup_steps` (saved with the model, so a resumed run
-        # continues the count; only models that use it have it, so older checkpoints still load).
+        # Training steps seen, for `policy_warmup_steps` and the std schedule (saved with the model,
+        # so a resumed run continues the count; only models that use it have it, so older
+        # checkpoints still load).
+        counts = getattr(self.config, "policy_warmup_steps", 0) or getattr(self.config, "std_anneal_steps", 0)
         self.policy_steps = (self.add_weight(shape=(), initializer="zeros", trainable=False, name="policy_steps",
-                                             dtype="int32") if getattr(self.config, "policy_warmup_steps", 0) else None)
+                                             dtype="int32") if counts else None)
         self.ce_tracker = keras.metrics.Mean(name="ce_loss")
         self.reinforce_tracker = keras.metrics.Mean(name="reinforce_loss")
         self.baseline_tracker = keras.metrics.Mean(name="baseline_loss")
@@ -190,6 +214,16 @@ class AttentionModel(VisattModel):
             if training:
                 self.policy_steps.assign(self.policy_steps + 1)
         return self.with_regularisation(c.ce_weight * ce + weight * reinforce + c.baseline_weight * baseline_mse)
+
+    def policy_std(self):
+        """The location policy's std at this training step: the config's fixed `std`, or, with
+        `std_anneal_steps` N > 0, linear from `std_start` at step 0 to `std` at step N and `std`
+        after (a scalar tensor read from the saved step count, so a resumed run continues it)."""
+        c = self.config
+        if not getattr(c, "std_anneal_steps", 0):
+            return None  # the LocationNetwork's own fixed std
+        remaining = ops.clip(1.0 - ops.cast(self.policy_steps, "float32") / c.std_anneal_steps, 0.0, 1.0)
+        return c.std + (c.std_start - c.std) * remaining
 
     def location_noise(self, batch, steps, deterministic=False):
         """Standard normal policy noise (B, steps, 2), scaled by `sampling`; zeros when deterministic."""

@@ -53,6 +53,7 @@ from visatt_models.attention import (
     BaselineNetwork,
     GlimpseSensor,
     LocationNetwork,
+    check_policy_config,
     reinforce_terms,
     seeded_dense,
 )
@@ -89,6 +90,10 @@ class DRAMConfig:
     # Optimizer steps with no REINFORCE term at all (the location policy keeps its initial, near-
     # centre means while cross-entropy trains the rest); 0: from the first step.
     policy_warmup_steps: int = 0
+    # A std schedule: linear from `std_start` at step 0 to `std` at step `std_anneal_steps`, then
+    # `std` (0 steps: `std` throughout). Counted in optimizer steps, saved with the model.
+    std_start: float = 0.0
+    std_anneal_steps: int = 0
     baseline_weight: float = 1.0
     seed: int = 0
 
@@ -106,12 +111,7 @@ class DRAMConfig:
         if self.context_size < 2 ** len(self.context_filters):  # each context conv halves the image
             raise ValueError(f"context_size {self.context_size} does not survive {len(self.context_filters)} 2x2 "
                              f"max-pools (needs >= {2 ** len(self.context_filters)})")
-        if not self.std > 0:
-            raise ValueError(f"std must be > 0, got {self.std}")
-        if self.location_mean not in ("linear", "tanh"):
-            raise ValueError(f"location_mean must be 'linear' or 'tanh', got {self.location_mean!r}")
-        if self.policy_warmup_steps < 0:
-            raise ValueError(f"policy_warmup_steps must be >= 0, got {self.policy_warmup_steps}")
+        check_policy_config(self)
 
 
 @keras.saving.register_keras_serializable(package="visatt")
@@ -237,10 +237,11 @@ class DRAM(AttentionModel):
         zeros = ops.zeros((batch, cfg.lstm_units))
         r1 = [zeros, zeros]  # (h, c) of the lower LSTM: no context
         r2 = [self.context_network(x), zeros]  # the upper LSTM starts from the context
+        std = self.policy_std()  # None: the fixed std
         locs, means, log_pis, baselines, logits = [], [], [], [], []
         for t in range(self.steps):
             action = None if locations is None else locations[:, t]
-            l_t, log_pi, mu_t = self.emission_network(r2[0], noise[:, t], action)  # (B, 2), (B,), (B, 2)
+            l_t, log_pi, mu_t = self.emission_network(r2[0], noise[:, t], action, std=std)  # (B, 2), (B,), (B, 2)
             baselines.append(self.baseline_network(r2[0]))  # b_t: (B,)
             g_t = self.glimpse_network(x, l_t)  # (B, glimpse_size)
             h1, r1 = self.r1(g_t, r1)

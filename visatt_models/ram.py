@@ -40,6 +40,7 @@ from visatt_models.attention import (
     BaselineNetwork,
     GlimpseSensor,
     LocationNetwork,
+    check_policy_config,
     reinforce_terms,
     seeded_dense,
 )
@@ -78,6 +79,10 @@ class RAMConfig:
     # Optimizer steps with no REINFORCE term at all (the location policy keeps its initial, near-
     # centre means while cross-entropy trains the rest); 0: from the first step.
     policy_warmup_steps: int = 0
+    # A std schedule: linear from `std_start` at step 0 to `std` at step `std_anneal_steps`, then
+    # `std` (0 steps: `std` throughout). Counted in optimizer steps, saved with the model.
+    std_start: float = 0.0
+    std_anneal_steps: int = 0
     baseline_weight: float = 1.0
     seed: int = 0  # weight initialisation and location sampling
 
@@ -88,12 +93,7 @@ class RAMConfig:
                      "glimpse_size", "core_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.std > 0:
-            raise ValueError(f"std must be > 0, got {self.std}")
-        if self.location_mean not in ("linear", "tanh"):
-            raise ValueError(f"location_mean must be 'linear' or 'tanh', got {self.location_mean!r}")
-        if self.policy_warmup_steps < 0:
-            raise ValueError(f"policy_warmup_steps must be >= 0, got {self.policy_warmup_steps}")
+        check_policy_config(self)
 
 
 @keras.saving.register_keras_serializable(package="visatt")
@@ -244,9 +244,10 @@ class RAM(AttentionModel):
         noise = self.location_noise(batch, cfg.glimpses, deterministic)  # (B, T, 2)
         states = self.core_network.initial_state(batch)
         h_t = states[0]  # h_0 = 0: (B, core_size)
+        std = self.policy_std()  # None: the fixed std
         locations, means, log_pis, baselines = [], [], [], []
         for t in range(cfg.glimpses):
-            l_t, log_pi, mu_t = self.location_network(h_t, noise[:, t])  # (B, 2), (B,), (B, 2)
+            l_t, log_pi, mu_t = self.location_network(h_t, noise[:, t], std=std)  # (B, 2), (B,), (B, 2)
             baselines.append(self.baseline_network(h_t))  # b_t: (B,)
             g_t = self.glimpse_network(x, l_t)  # (B, glimpse_size)
             h_t, states = self.core_network(g_t, states)  # h_{t+1}: (B, core_size)

@@ -276,3 +276,32 @@ def test_a_tanh_location_mean_stays_inside_and_still_learns(batch):
     assert out["means"].shape == (8, TINY.glimpses, 2)
     with pytest.raises(ValueError, match="location_mean"):
         RAMConfig(location_mean="sigmoid")
+
+
+def test_a_std_schedule_follows_its_formula_and_survives_saving(tmp_path):
+    """std_start 0.4 -> std 0.1 over 4 steps: the std at step k is 0.1 + 0.3 * max(0, 1 - k/4),
+    the samples spread with it, log pi is the density under it, and a saved model continues it."""
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (512, 20, 24, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, 512).astype(np.uint8)
+    config = dataclasses.replace(TINY, std=0.1, std_start=0.4, std_anneal_steps=4, location_clip=100.0)
+    model = RAM(config)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    for step in range(6):
+        std = 0.1 + 0.3 * max(0.0, 1 - step / 4)
+        assert float(keras.ops.convert_to_numpy(model.policy_std())) == pytest.approx(std, rel=1e-6)
+        out = model(images)
+        l, mu = np.asarray(out["locations"]), np.asarray(out["means"])
+        assert np.std(l - mu) == pytest.approx(std, rel=0.1)
+        expected = np.sum(-0.5 * ((l - mu) / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi), -1)
+        np.testing.assert_allclose(np.asarray(out["log_pi"]), expected, rtol=1e-4, atol=1e-4)
+        model.fit(images[:8], labels[:8], batch_size=8, epochs=1, verbose=0, shuffle=False)  # one step
+        if step == 1:  # mid-schedule: a reloaded model continues from step 2
+            model.save(tmp_path / "ram.keras")
+    loaded = keras.models.load_model(tmp_path / "ram.keras")
+    assert float(keras.ops.convert_to_numpy(loaded.policy_std())) == pytest.approx(0.1 + 0.3 * 0.5, rel=1e-6)
+    assert RAM(TINY).policy_std() is None  # no schedule: the fixed std, as before
+    with pytest.raises(ValueError, match="std_start"):
+        RAMConfig(std_anneal_steps=10)
+    with pytest.raises(ValueError, match="std_anneal_steps"):
+        RAMConfig(std_anneal_steps=-1)
