@@ -141,6 +141,19 @@ def test_a_policy_warm_up_keeps_the_emission_network_still_until_its_step():
         dataclasses.replace(TINY, policy_warmup_steps=-1)
 
 
+def test_the_emission_network_draws_with_the_scheduled_std():
+    """std_start 0.5 -> std 0.05 over 2 steps: the emissions spread 0.5 at step 0, 0.275 after one
+    step and 0.05 from step 2 on."""
+    images, labels = sequences(n=256)
+    model = DRAM(dataclasses.replace(TINY, std_start=0.5, std=0.05, std_anneal_steps=2, location_clip=100.0),
+                 SequenceTask())
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=None)
+    for std in (0.5, 0.275, 0.05, 0.05):
+        out = model(images)
+        assert np.std(np.asarray(out["locations"]) - np.asarray(out["means"])) == pytest.approx(std, rel=0.1)
+        model.fit(images[:8], labels[:8], batch_size=8, epochs=1, verbose=0, shuffle=False)  # one step
+
+
 @pytest.mark.parametrize("length", [1, 2, 3, 4, 5])
 def test_end_of_sequence_after_the_last_digit(length):
     task = SequenceTask()
