@@ -141,6 +141,8 @@ def check_policy_config(config) -> None:
         raise ValueError(f"policy_warmup_steps must be >= 0, got {config.policy_warmup_steps}")
     if config.std_anneal_steps < 0:
         raise ValueError(f"std_anneal_steps must be >= 0, got {config.std_anneal_steps}")
+    if config.std_start and not config.std_anneal_steps:
+        raise ValueError(f"std_start={config.std_start} needs std_anneal_steps > 0 (the steps to reach std over)")
     if config.std_anneal_steps and not config.std_start > 0:
         raise ValueError(f"std_anneal_steps={config.std_anneal_steps} needs std_start > 0 (the std at step 0), "
                          f"got {config.std_start}")

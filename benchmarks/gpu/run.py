@@ -229,7 +229,7 @@ def run_child(run: Run, store: Path, runs: Path, seconds: float, smoke: bool) ->
     from visatt_models.train import make_run_spec, train
 
     options = dict(run.options)
-    options.setdefault("epochs", 1 if smoke else 500)
+    options.setdefault("epochs", 500)
     if smoke:
         options.update(limit=48, batch_size=16, mc_samples=2, epochs=1)
     spec = make_run_spec(str(store), run.model, preset=run.preset, overrides=list(run.overrides), **options)

@@ -43,7 +43,7 @@ def test_the_wheel_list_holds_what_the_gpu_machine_lacks_and_nothing_it_has():
     assert not names & {"numpy", "jax", "h5py", "pillow", "click", "tqdm", "scipy"}
 
 
-def test_every_gpu_run_is_a_valid_run_and_stays_valid_in_smoke_mode():
+def test_every_gpu_run_is_a_valid_run_and_stays_valid_in_smoke_mode(monkeypatch):
     """A typo in RUNS would cost a GPU call: each run's model config and training options build,
     at full size and with the smoke mode's one epoch."""
     import dataclasses
@@ -51,14 +51,19 @@ def test_every_gpu_run_is_a_valid_run_and_stays_valid_in_smoke_mode():
 
     from visatt_models import registry
     from visatt_models.config import TrainConfig
+    from visatt_models.tasks import DigitTask, SequenceTask
 
     spec = importlib.util.spec_from_file_location("gpu_run", ROOT / "benchmarks/gpu/run.py")
     gpu_run = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_run"] = gpu_run  # dataclasses look their module up
+    monkeypatch.setitem(sys.modules, "gpu_run", gpu_run)  # dataclasses look their module up
+    monkeypatch.setattr(sys, "path", list(sys.path))  # run.py puts the checkout first
     spec.loader.exec_module(gpu_run)
     assert len({r.name for r in gpu_run.RUNS}) == len(gpu_run.RUNS)
     for run in gpu_run.RUNS:
-        registry.make_config(registry.get_model_spec(run.model), preset=run.preset, overrides=list(run.overrides))
+        model = registry.get_model_spec(run.model)
+        config = registry.make_config(model, preset=run.preset, overrides=list(run.overrides))
+        task = SequenceTask() if run.dataset in ("mnist-pairs", "mnist-sequences") else DigitTask()
+        model.model_cls.check_task(task, config)
         options = dict(run.options)
         dataclasses.replace(TrainConfig(), **options)
         dataclasses.replace(TrainConfig(), **{**options, "epochs": 1})

@@ -305,3 +305,5 @@ def test_a_std_schedule_follows_its_formula_and_survives_saving(tmp_path):
         RAMConfig(std_anneal_steps=10)
     with pytest.raises(ValueError, match="std_anneal_steps"):
         RAMConfig(std_anneal_steps=-1)
+    with pytest.raises(ValueError, match="std_anneal_steps"):
+        RAMConfig(std_start=0.3)  # a start without a schedule would be ignored
