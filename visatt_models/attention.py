@@ -143,6 +143,11 @@ def check_policy_config(config) -> None:
         raise ValueError(f"std_anneal_steps must be >= 0, got {config.std_anneal_steps}")
     if config.std_start and not config.std_anneal_steps:
         raise ValueError(f"std_start={config.std_start} needs std_anneal_steps > 0 (the steps to reach std over)")
+    if not config.location_leash >= 0:
+        raise ValueError(f"location_leash must be >= 0, got {config.location_leash}")
+    if config.location_leash and config.location_mean == "tanh" and config.location_clip >= 1:
+        raise ValueError("location_leash acts on means beyond location_clip, which a tanh mean never reaches "
+                         f"with location_clip={config.location_clip}: use it with location_mean='linear'")
     if config.std_anneal_steps and not config.std_start > 0:
         raise ValueError(f"std_anneal_steps={config.std_anneal_steps} needs std_start > 0 (the std at step 0), "
                          f"got {config.std_start}")
@@ -197,16 +202,33 @@ class AttentionModel(VisattModel):
         self.ce_tracker = keras.metrics.Mean(name="ce_loss")
         self.reinforce_tracker = keras.metrics.Mean(name="reinforce_loss")
         self.baseline_tracker = keras.metrics.Mean(name="baseline_loss")
+        # The share of the policy means' coordinates beyond the clip (a policy that has run into
+        # the image border glimpses there whatever its state says), and the leash's penalty.
+        self.outside_tracker = keras.metrics.Mean(name="means_outside")
+        self.leash_tracker = keras.metrics.Mean(name="leash_loss") if getattr(self.config, "location_leash", 0) else None
 
-    def hybrid_loss(self, ce, reinforce, baseline_mse, sample_weight=None, training=True):
+    def hybrid_loss(self, ce, reinforce, baseline_mse, sample_weight=None, training=True, means=None):
         """The hybrid loss of RAM and DRAM from per-sample terms (B,): each averaged over the batch,
         tracked as a metric and weighted by the config's `ce_weight`, `reinforce_weight` and
-        `baseline_weight`."""
+        `baseline_weight`.
+
+        `means` (B, T, 2), the policy means: tracked as `means_outside`, and with `location_leash`
+        w > 0 a penalty w * mean_b sum_{t, coordinate} max(|mu| - clip, 0)^2 is added (the
+        `leash_loss` metric). It is zero inside the clip and pulls a mean that has gone past it
+        back; REINFORCE alone cannot, since every sample beyond the clip glimpses at the same
+        border location and earns the same reward."""
         ce, reinforce, baseline_mse = (weighted_mean(v, sample_weight) for v in (ce, reinforce, baseline_mse))
         self.ce_tracker.update_state(ce)
         self.reinforce_tracker.update_state(reinforce)
         self.baseline_tracker.update_state(baseline_mse)
         c = self.config
+        leash = None
+        if means is not None:
+            beyond = ops.relu(ops.abs(means) - c.location_clip)  # (B, T, 2)
+            self.outside_tracker.update_state(ops.mean(ops.cast(beyond > 0, "float32")))
+            if self.leash_tracker is not None:
+                leash = weighted_mean(ops.sum(ops.square(beyond), axis=(1, 2)), sample_weight)
+                self.leash_tracker.update_state(leash)
         weight = c.reinforce_weight
         if self.policy_steps is not None:
             # Exactly zero before the step: Adam then makes no step on a layer whose only gradient
@@ -215,7 +237,10 @@ class AttentionModel(VisattModel):
             weight = weight * ops.cast(self.policy_steps >= c.policy_warmup_steps, ce.dtype)
             if training:
                 self.policy_steps.assign(self.policy_steps + 1)
-        return self.with_regularisation(c.ce_weight * ce + weight * reinforce + c.baseline_weight * baseline_mse)
+        loss = c.ce_weight * ce + weight * reinforce + c.baseline_weight * baseline_mse
+        if leash is not None:
+            loss = loss + c.location_leash * leash
+        return self.with_regularisation(loss)
 
     def policy_std(self):
         """The location policy's std at this training step: the config's fixed `std`, or, with

@@ -84,6 +84,9 @@ class DRAMConfig:
     std: float = 0.11
     location_clip: float = 1.0
     location_mean: Literal["linear", "tanh"] = "linear"  # tanh: bounded, can come back from the clip
+    # > 0: a penalty location_leash * sum over steps of max(|mean| - location_clip, 0)^2 per image
+    # that pulls a policy mean gone past the clip back (AttentionModel.hybrid_loss); 0: none.
+    location_leash: float = 0.0
     detach_policy_gradient: bool = False  # True: REINFORCE trains only the emission network
     ce_weight: float = 1.0
     reinforce_weight: float = 0.05
@@ -279,5 +282,5 @@ class DRAM(AttentionModel):
         n = self.config.glimpses_per_digit
         reinforce, baseline_mse = reinforce_terms(y_pred["log_pi"], ops.repeat(returns, n, axis=1), y_pred["baseline"],
                                                   ops.repeat(credited, n, axis=1))  # (B,), (B,)
-        return self.hybrid_loss(ce, reinforce, baseline_mse, sample_weight, training)
+        return self.hybrid_loss(ce, reinforce, baseline_mse, sample_weight, training, y_pred.get("means"))
 

@@ -71,6 +71,9 @@ class RAMConfig:
     std: float = 0.17
     location_clip: float = 1.0
     location_mean: Literal["linear", "tanh"] = "linear"  # tanh: bounded, can come back from the clip
+    # > 0: a penalty location_leash * sum over steps of max(|mean| - location_clip, 0)^2 per image
+    # that pulls a policy mean gone past the clip back (AttentionModel.hybrid_loss); 0: none.
+    location_leash: float = 0.0
     # False: the REINFORCE gradient flows through the location network into the core and the
     # glimpse network, as in the paper. True: it stops at h_t (only f_l learns from it).
     detach_policy_gradient: bool = False
@@ -275,4 +278,4 @@ class RAM(AttentionModel):
         log_pi = y_pred["log_pi"]  # (B, T)
         rewards = ops.broadcast_to(reward[:, None], ops.shape(log_pi))  # R credited to every step
         reinforce, baseline_mse = reinforce_terms(log_pi, rewards, y_pred["baseline"])  # (B,), (B,)
-        return self.hybrid_loss(ce, reinforce, baseline_mse, sample_weight, training)
+        return self.hybrid_loss(ce, reinforce, baseline_mse, sample_weight, training, y_pred.get("means"))

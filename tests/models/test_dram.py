@@ -141,6 +141,21 @@ def test_a_policy_warm_up_keeps_the_emission_network_still_until_its_step():
         dataclasses.replace(TINY, policy_warmup_steps=-1)
 
 
+def test_a_location_leash_pulls_emissions_past_the_clip_back():
+    """The policy that ran into the border on mnist-pairs (README): only the leash trains here."""
+    images, labels = sequences()
+    model = DRAM(dataclasses.replace(TINY, location_leash=1.0, ce_weight=0.0, reinforce_weight=0.0, baseline_weight=0.0),
+                 SequenceTask())
+    model(images)
+    model.emission_network.fc.bias.assign(np.array([-3.0, 3.0], "float32"))  # every mean far past the clip
+    before = np.abs(np.asarray(model(images, deterministic=True)["means"])).mean()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=None)
+    history = model.fit(images, labels, batch_size=len(images), epochs=20, verbose=0, shuffle=False).history
+    after = np.abs(np.asarray(model(images, deterministic=True)["means"])).mean()
+    assert before > 1.5 and after < before - 0.2
+    assert history["means_outside"][0] > 0.5 and history["leash_loss"][-1] < history["leash_loss"][0]
+
+
 def test_the_emission_network_draws_with_the_scheduled_std():
     """std_start 0.5 -> std 0.05 over 2 steps: the emissions spread 0.5 at step 0, 0.275 at step 1
     and 0.05 from step 2 on (the step count is RAM's, tested with fits in test_ram.py; set here)."""

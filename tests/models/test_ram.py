@@ -307,3 +307,45 @@ def test_a_std_schedule_follows_its_formula_and_survives_saving(tmp_path):
         RAMConfig(std_anneal_steps=-1)
     with pytest.raises(ValueError, match="std_anneal_steps"):
         RAMConfig(std_start=0.3)  # a start without a schedule would be ignored
+
+
+def test_a_location_leash_penalises_only_means_beyond_the_clip():
+    logits = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]], np.float32)
+    labels = np.array([0, 1])
+    log_pi = np.array([[-1.0, -2.0], [-0.5, -3.0]], np.float32)
+    baseline = np.array([[0.25, 0.5], [0.75, 0.0]], np.float32)
+    means = np.array([[[0.5, -1.5], [0.9, 0.0]], [[2.0, -3.0], [-0.2, 1.0]]], np.float32)  # (B, T, 2), clip 1
+    y_pred = {"logits": logits, "log_pi": log_pi, "baseline": baseline, "means": means}
+    plain = RAM(TINY, DigitTask(num_classes=3))
+    base_loss = float(plain.compute_loss(y=labels, y_pred=y_pred))
+    # Beyond the clip: 0.5 (image 0), 1.0 and 2.0 (image 1); 3 of the 8 coordinates are outside.
+    assert {m.name: float(m.result()) for m in plain.metrics}["means_outside"] == pytest.approx(3 / 8)
+    leashed = RAM(dataclasses.replace(TINY, location_leash=0.1), DigitTask(num_classes=3))
+    loss = float(leashed.compute_loss(y=labels, y_pred=y_pred))
+    leash = np.mean([0.5**2, 1.0**2 + 2.0**2])
+    assert loss == pytest.approx(base_loss + 0.1 * leash, rel=1e-5)
+    assert {m.name: float(m.result()) for m in leashed.metrics}["leash_loss"] == pytest.approx(leash, rel=1e-5)
+    inside = {**y_pred, "means": np.clip(means, -1, 1)}
+    assert float(RAM(dataclasses.replace(TINY, location_leash=0.1), DigitTask(num_classes=3))
+                 .compute_loss(y=labels, y_pred=inside)) == pytest.approx(base_loss, rel=1e-5)
+    with pytest.raises(ValueError, match="location_leash"):
+        RAMConfig(location_leash=-1.0)
+    with pytest.raises(ValueError, match="location_leash"):
+        RAMConfig(location_leash=0.1, location_mean="tanh")
+
+
+def test_a_location_leash_pulls_a_mean_past_the_clip_back(batch):
+    images, labels = batch
+    # Only the leash trains: REINFORCE cannot bring back a mean whose samples all clip to the border.
+    model = RAM(dataclasses.replace(TINY, location_leash=1.0, ce_weight=0.0, reinforce_weight=0.0,
+                                    baseline_weight=0.0))
+    model(images)
+    layer = model.location_network
+    layer.fc.bias.assign(np.array([3.0, -3.0], "float32"))  # every mean far past the clip
+    before = np.abs(np.asarray(model(images, deterministic=True)["means"])).mean()
+    assert before > 1.5
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = model.fit(images, labels, batch_size=len(images), epochs=20, verbose=0, shuffle=False).history
+    after = np.abs(np.asarray(model(images, deterministic=True)["means"])).mean()
+    assert after < before - 0.2
+    assert history["means_outside"][0] > 0.5 and history["leash_loss"][-1] < history["leash_loss"][0]
