@@ -10,6 +10,12 @@ Cropping. With `crop=(h, w)` a `Batches` yields h x w crops: at random offsets w
 `default_rng(SeedSequence(seed, spawn_key=(CROP_KEY, e)))` and indexed by the sample's index in
 the split, so a sample's crop depends only on (seed, epoch, index); otherwise the centre crop.
 
+Shifting. With `shift=k` > 0 (training augmentation against overfitting a frozen training set)
+every image (after cropping) is translated by (dy, dx), each drawn uniformly from -k..k by
+`default_rng(SeedSequence(seed, spawn_key=(SHIFT_KEY, e)))` per sample index, as crop offsets
+are; pixels moved in from outside are 0 (the MNIST stores' background) and pixels moved out
+are lost. The labels stay: a sequence keeps its reading order under a translation.
+
 Shuffling. The order of epoch `e` is drawn from its own generator,
 `default_rng(SeedSequence(seed, spawn_key=(SHUFFLE_KEY, e)))`, so it depends only on the run
 seed and the epoch number: a resumed run sees exactly the batches the uninterrupted run would
@@ -30,6 +36,7 @@ from pipelines.reader import Split
 
 SHUFFLE_KEY = 0x5EED  # spawn key that separates the data order from other uses of the run seed
 CROP_KEY = 0xC409  # ... and the crop offsets
+SHIFT_KEY = 0x5A1F  # ... and the shifts
 
 
 class Batches(keras.utils.PyDataset):
@@ -41,6 +48,8 @@ class Batches(keras.utils.PyDataset):
         one full batch). Evaluation keeps every sample.
     crop: (h, w) crops of the images (see the module docstring), random ones when
         `random_crop`, else the centre crop; None: whole images.
+    shift: translate each image by up to this many pixels in each direction (see the module
+        docstring); 0: none.
     prefetch: gather up to this many batches ahead in a background thread (0: none).
     auto_epoch: move to the next epoch's order when Keras ends an epoch (`on_epoch_end`).
     endless: index batches by the global step from the start of `epoch` (batch i is batch
@@ -53,7 +62,7 @@ class Batches(keras.utils.PyDataset):
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                  drop_remainder: bool = False, crop: tuple[int, int] | None = None, random_crop: bool = False,
-                 endless: bool = False, auto_epoch: bool = False, prefetch: int = 0):
+                 shift: int = 0, endless: bool = False, auto_epoch: bool = False, prefetch: int = 0):
         # Threads, never processes: zarr must not run in forked workers. With `prefetch`, Keras'
         # ordered enqueuer gathers up to that many batches ahead in a background thread while the
         # model steps (batches are still made one at a time, under a lock, in index order).
@@ -66,6 +75,8 @@ class Batches(keras.utils.PyDataset):
         self.drop_remainder = drop_remainder and len(split) >= batch_size
         self.crop, self.random_crop = check_crop(crop, split.info.image_shape), random_crop and crop is not None
         self._offsets = None  # (N, 2) random crop offsets of the current epoch
+        self.shift = check_shift(shift, self.crop or split.info.image_shape[:2])
+        self._shifts = None  # (N, 2) (dy, dx) of the current epoch
         self.first_epoch, self.endless = epoch, endless
         self._epoch = None
         self._windows: dict[int, tuple] = {}  # window index -> (images, labels), at most 2 kept
@@ -115,6 +126,9 @@ class Batches(keras.utils.PyDataset):
             (height, width), (h, w) = split.info.image_shape[:2], self.crop
             crop_rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(CROP_KEY, epoch)))
             self._offsets = crop_rng.integers(0, [height - h + 1, width - w + 1], size=(len(split), 2))  # (N, 2)
+        if self.shift:
+            shift_rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(SHIFT_KEY, epoch)))
+            self._shifts = shift_rng.integers(-self.shift, self.shift + 1, size=(len(split), 2))  # (N, 2)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:  # the epoch order and the window cache are shared state
@@ -138,6 +152,8 @@ class Batches(keras.utils.PyDataset):
         if self.crop is not None:
             offsets = self._offsets[self._order_index[sl]] if self.random_crop else None
             images = crop_images(images, self.crop, offsets)
+        if self.shift:
+            images = shift_images(images, self._shifts[self._order_index[sl]])
         return images, np.concatenate(labels)
 
     def on_epoch_end(self) -> None:
@@ -173,3 +189,22 @@ def crop_images(images: np.ndarray, crop: tuple[int, int], offsets: np.ndarray |
         top, left = (height - h) // 2, (width - w) // 2
         return np.ascontiguousarray(images[:, top : top + h, left : left + w])
     return np.stack([image[t : t + h, l : l + w] for image, (t, l) in zip(images, offsets)])
+
+
+def check_shift(shift, size) -> int:
+    """`shift` as an int in 0 .. min(size) - 1 for images (or crops) of `size` (h, w, ...)."""
+    shift = int(shift)
+    if not 0 <= shift < min(size[0], size[1]):
+        raise ValueError(f"shift {shift} must be in 0..{min(size[0], size[1]) - 1} for {size[0]}x{size[1]} images")
+    return shift
+
+
+def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Images (B, H, W, C) translated by `shifts` (B, 2) = (dy, dx) pixels (down, right), with 0
+    where nothing moves in."""
+    height, width = images.shape[1:3]
+    out = np.zeros_like(images)
+    for image, target, (dy, dx) in zip(images, out, shifts):
+        target[max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = \
+            image[max(-dy, 0) : height - max(dy, 0), max(-dx, 0) : width - max(dx, 0)]
+    return out

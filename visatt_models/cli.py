@@ -134,6 +134,10 @@ class CropType(click.ParamType):
               "backward model; combine it with a left-to-right run in visatt-eval --backward).")
 @click.option("--crop", type=CropType(), default=None, help="Train on random H x W crops (per seed, epoch and sample), "
               "test on the centre crop, e.g. --crop 54 on svhn-64 (Goodfellow et al.). Default: whole images.")
+@click.option("--shift", type=click.IntRange(0), default=_DEFAULTS.shift, show_default=True,
+              help="Translate each training image (after --crop) by up to this many pixels in each direction, drawn "
+                   "per seed, epoch and sample, zero-filled (augmentation against overfitting a frozen training set; "
+                   "evaluation sees the images as they are). 0: none.")
 @click.option("--memory-limit-mb", type=click.IntRange(1), default=_DEFAULTS.memory_limit // 2**20, show_default=True, help="Splits larger than this are streamed by chunks.")
 @click.option("--time-limit", "time_limit_min", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop after the last epoch expected to end within this many minutes, test the best checkpoint, "

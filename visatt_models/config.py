@@ -35,6 +35,9 @@ class TrainConfig:
     crop: (h, w): train on random h x w crops of the store's images, drawn per (seed, epoch,
         sample index), and evaluate on the centre crop (Goodfellow et al. 2013: 54x54 of 64x64);
         None: whole images.
+    shift: translate every training image (after cropping) by (dy, dx), each drawn uniformly
+        from -shift..shift per (seed, epoch, sample index), zero-filled; evaluation sees the
+        images as they are; 0: none.
     schedule: the learning rate per optimizer step (`train.make_schedule`):
         constant  `lr` throughout;
         cosine    linear warm-up from 0 over `warmup_epochs`, then a cosine from `lr` down to
@@ -67,6 +70,7 @@ class TrainConfig:
     step_factor: float = 0.1  # step only
     global_clipnorm: float | None = None
     weight_decay: float = 0.0
+    shift: int = 0
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine", "step"):
@@ -86,6 +90,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0")
         if not 0 <= self.weight_decay < 1:
             raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
+        if not (isinstance(self.shift, int) and self.shift >= 0):
+            raise ValueError(f"shift must be a whole number of pixels >= 0, got {self.shift!r}")
         if self.crop is not None:
             object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
             if len(self.crop) != 2 or min(self.crop) < 1:

@@ -36,7 +36,7 @@ from visatt_models import config as cfg
 from visatt_models import registry
 from visatt_models.config import TrainConfig
 from pipelines.reader import store_failures
-from visatt_models.data import Batches, Split, StoreInfo, check_crop, open_store
+from visatt_models.data import Batches, Split, StoreInfo, check_crop, check_shift, open_store
 from visatt_models.evaluate import evaluate
 from visatt_models.runs import (
     METRICS_FILE,
@@ -69,6 +69,7 @@ def make_run_spec(store, model: str = "cnn", *, preset: str | None = None, overr
     train = _train_config(TrainConfig(), train_options)
     try:
         check_crop(train.crop, info.image_shape)
+        check_shift(train.shift, train.crop or info.image_shape)
     except ValueError as e:
         raise RunError(f"{info.path}: {e}") from None
     spec = registry.get_model_spec(model)
@@ -227,7 +228,8 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
 
     if done < t.epochs:
         train_batches = Batches(splits["train"], t.batch_size, shuffle=True, seed=t.seed, epoch=done,
-                                drop_remainder=True, crop=t.crop, random_crop=True, endless=True, prefetch=PREFETCH)
+                                drop_remainder=True, crop=t.crop, random_crop=True, shift=t.shift, endless=True,
+                                prefetch=PREFETCH)
         val_batches = Batches(splits["val"], t.batch_size, shuffle=False, crop=t.crop)
         recorder = RunRecorder(folder, train_batches, state, started, model.task.selection_metric, time_limit_s)
         with store_failures(splits["train"], splits["val"]):

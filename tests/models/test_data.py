@@ -5,7 +5,7 @@ import pytest
 import zarr
 
 from stores import tiny_store
-from visatt_models.data import Batches, Split, StoreError, open_store
+from visatt_models.data import Batches, Split, StoreError, open_store, shift_images
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +141,43 @@ def test_random_crops_depend_on_seed_epoch_and_sample_only(store):
     np.testing.assert_array_equal(crops(seed=1, epoch=5, batch_size=7)[0], first[0])
     assert not np.array_equal(crops(seed=1, epoch=6)[0], first[0])
     assert not np.array_equal(crops(seed=2, epoch=5)[0], first[0])
+
+
+def test_shift_images_moves_content_and_fills_zeros():
+    image = np.arange(1, 13, dtype=np.uint8).reshape(1, 3, 4, 1)  # rows 1-4, 5-8, 9-12
+    down_left = shift_images(np.repeat(image, 2, 0), np.array([[1, -2], [0, 0]]))
+    np.testing.assert_array_equal(down_left[0, :, :, 0], [[0, 0, 0, 0], [3, 4, 0, 0], [7, 8, 0, 0]])
+    np.testing.assert_array_equal(down_left[1], image[0])
+    np.testing.assert_array_equal(shift_images(image, np.array([[-2, 3]]))[0, :, :, 0],
+                                  [[0, 0, 0, 9], [0, 0, 0, 0], [0, 0, 0, 0]])
+
+
+def test_random_shifts_depend_on_seed_epoch_and_sample_only(store):
+    split = Split(open_store(store), "val")  # 300 samples of 28x28
+    images, labels = split.arrays
+
+    def shifted(seed, epoch, batch_size=64, shift=3):
+        return epoch_samples(Batches(split, batch_size, shuffle=True, seed=seed, epoch=epoch, shift=shift))
+
+    first = shifted(seed=1, epoch=5)
+    assert first[0].shape == (300, 28, 28, 1)
+    # The order and labels are those of the unshifted epoch; each image is its own, translated by
+    # at most 3 pixels, and the shifts vary over the samples.
+    plain = epoch_samples(Batches(split, 64, shuffle=True, seed=1, epoch=5))
+    np.testing.assert_array_equal(first[1], plain[1])
+    found = set()
+    for got, original in zip(first[0][:30], plain[0][:30]):
+        matches = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)
+                   if np.array_equal(got, shift_images(original[None], np.array([[dy, dx]]))[0])]
+        assert matches
+        found.add(matches[0])
+    assert len(found) > 5
+    np.testing.assert_array_equal(shifted(seed=1, epoch=5, batch_size=7)[0], first[0])
+    assert not np.array_equal(shifted(seed=1, epoch=6)[0], first[0])
+    assert not np.array_equal(shifted(seed=2, epoch=5)[0], first[0])
+    np.testing.assert_array_equal(shifted(seed=1, epoch=5, shift=0)[0], plain[0])
+    with pytest.raises(ValueError, match="shift 28 must be in 0..27 for 28x28 images"):
+        Batches(split, 64, shuffle=True, shift=28)
 
 
 def test_evaluation_crops_the_centre(store):

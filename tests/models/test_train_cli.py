@@ -283,6 +283,19 @@ def test_bad_options_are_errors(store, tmp_path):
     assert "--resume" in run(train_main, ["--help"]).output and "--force" in run(eval_main, ["--help"]).output
 
 
+def test_a_shifted_run_records_its_shift_and_trains_on_other_images(cnn_run, store, tmp_path):
+    out = tmp_path / "shifted"
+    run(train_main, ["--store", store, "--out", out, "--epochs", 1, "--limit", 48, "--shift", 2, *CNN])
+    assert load_run_spec(out).train.shift == 2
+    shifted, plain = read_log(out / "log.csv")[0], read_log(cnn_run / "log.csv")[0]
+    assert shifted["loss"] != plain["loss"] and shifted["val_loss"] != plain["val_loss"]
+    refused = run(train_main, ["--out", out, "--resume", "--epochs", 2, "--shift", 3], ok=False)
+    assert refused.exit_code == 1 and "cannot change shift" in refused.output
+    bad = run(train_main, ["--store", store, "--out", tmp_path / "bad", "--shift", 40, *CNN], ok=False)
+    assert bad.exit_code == 1 and "shift 40 must be in 0..39 for 40x40 images" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
 def test_eval_refuses_another_dataset_unless_forced(cnn_run, store, other_store):
     metrics = json.loads((cnn_run / "metrics.json").read_text())
     again = json.loads(run(eval_main, ["--run", cnn_run]).output)
