@@ -14,7 +14,9 @@ Shifting. With `shift=k` > 0 (training augmentation against overfitting a frozen
 every image (after cropping) is translated by (dy, dx), each drawn uniformly from -k..k by
 `default_rng(SeedSequence(seed, spawn_key=(SHIFT_KEY, e)))` per sample index, as crop offsets
 are; pixels moved in from outside are 0 (the MNIST stores' background) and pixels moved out
-are lost. The labels stay: a sequence keeps its reading order under a translation.
+are lost. The labels stay: a sequence keeps its reading order under a translation, but ink near
+the border can be cut (`mnist-sequences` shrinks strips of 3 or more digits to the full width,
+so keep k small there).
 
 Shuffling. The order of epoch `e` is drawn from its own generator,
 `default_rng(SeedSequence(seed, spawn_key=(SHUFFLE_KEY, e)))`, so it depends only on the run

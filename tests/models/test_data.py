@@ -173,6 +173,10 @@ def test_random_shifts_depend_on_seed_epoch_and_sample_only(store):
         found.add(matches[0])
     assert len(found) > 5
     np.testing.assert_array_equal(shifted(seed=1, epoch=5, batch_size=7)[0], first[0])
+    # A sample's shift follows its index in the split, not its place in the epoch's order.
+    unshuffled = epoch_samples(Batches(split, 64, shuffle=False, seed=1, epoch=5, shift=3))[0]
+    order = [next(i for i in range(len(images)) if np.array_equal(images[i], p)) for p in plain[0][:10]]
+    np.testing.assert_array_equal(unshuffled[order], first[0][:10])
     assert not np.array_equal(shifted(seed=1, epoch=6)[0], first[0])
     assert not np.array_equal(shifted(seed=2, epoch=5)[0], first[0])
     np.testing.assert_array_equal(shifted(seed=1, epoch=5, shift=0)[0], plain[0])

@@ -328,6 +328,11 @@ def test_a_location_leash_penalises_only_means_beyond_the_clip():
     inside = {**y_pred, "means": np.clip(means, -1, 1)}
     assert float(RAM(dataclasses.replace(TINY, location_leash=0.1), DigitTask(num_classes=3))
                  .compute_loss(y=labels, y_pred=inside)) == pytest.approx(base_loss, rel=1e-5)
+    # The penalty starts at the configured clip (0.5 here: beyond it 1.0, 0.4, 1.5, 2.5, 0.5).
+    clipped = RAM(dataclasses.replace(TINY, location_leash=0.1, location_clip=0.5), DigitTask(num_classes=3))
+    clipped.compute_loss(y=labels, y_pred=y_pred)
+    expected = np.mean([1.0**2 + 0.4**2, 1.5**2 + 2.5**2 + 0.5**2])
+    assert {m.name: float(m.result()) for m in clipped.metrics}["leash_loss"] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="location_leash"):
         RAMConfig(location_leash=-1.0)
     with pytest.raises(ValueError, match="location_leash"):
