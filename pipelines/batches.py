@@ -195,6 +195,8 @@ def crop_images(images: np.ndarray, crop: tuple[int, int], offsets: np.ndarray |
 
 def check_shift(shift, size) -> int:
     """`shift` as an int in 0 .. min(size) - 1 for images (or crops) of `size` (h, w, ...)."""
+    if isinstance(shift, bool) or int(shift) != shift:
+        raise ValueError(f"shift must be a whole number of pixels, got {shift!r}")
     shift = int(shift)
     if not 0 <= shift < min(size[0], size[1]):
         raise ValueError(f"shift {shift} must be in 0..{min(size[0], size[1]) - 1} for {size[0]}x{size[1]} images")

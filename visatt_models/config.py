@@ -90,7 +90,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0")
         if not 0 <= self.weight_decay < 1:
             raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
-        if not (isinstance(self.shift, int) and self.shift >= 0):
+        if isinstance(self.shift, bool) or not (isinstance(self.shift, int) and self.shift >= 0):
             raise ValueError(f"shift must be a whole number of pixels >= 0, got {self.shift!r}")
         if self.crop is not None:
             object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))

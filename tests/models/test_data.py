@@ -182,6 +182,8 @@ def test_random_shifts_depend_on_seed_epoch_and_sample_only(store):
     np.testing.assert_array_equal(shifted(seed=1, epoch=5, shift=0)[0], plain[0])
     with pytest.raises(ValueError, match="shift 28 must be in 0..27 for 28x28 images"):
         Batches(split, 64, shuffle=True, shift=28)
+    with pytest.raises(ValueError, match="whole number"):
+        Batches(split, 64, shuffle=True, shift=2.5)
 
 
 def test_evaluation_crops_the_centre(store):
