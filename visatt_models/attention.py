@@ -215,8 +215,8 @@ class AttentionModel(VisattModel):
         `means` (B, T, 2), the policy means: tracked as `means_outside`, and with `location_leash`
         w > 0 a penalty w * mean_b sum_{t, coordinate} max(|mu| - clip, 0)^2 is added (the
         `leash_loss` metric). It is zero inside the clip and pulls a mean that has gone past it
-        back; REINFORCE alone cannot, since every sample beyond the clip glimpses at the same
-        border location and earns the same reward."""
+        back; REINFORCE gives no such pull, since every sample beyond the clip glimpses at the
+        same border location and earns the same reward (its gradient there is noise)."""
         ce, reinforce, baseline_mse = (weighted_mean(v, sample_weight) for v in (ce, reinforce, baseline_mse))
         self.ce_tracker.update_state(ce)
         self.reinforce_tracker.update_state(reinforce)

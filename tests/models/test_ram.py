@@ -341,7 +341,7 @@ def test_a_location_leash_penalises_only_means_beyond_the_clip():
 
 def test_a_location_leash_pulls_a_mean_past_the_clip_back(batch):
     images, labels = batch
-    # Only the leash trains: REINFORCE cannot bring back a mean whose samples all clip to the border.
+    # Only the leash trains (REINFORCE gives no pull back for a mean whose samples all clip to the border).
     model = RAM(dataclasses.replace(TINY, location_leash=1.0, ce_weight=0.0, reinforce_weight=0.0,
                                     baseline_weight=0.0))
     model(images)
