@@ -73,6 +73,11 @@ class Run:
     default: bool = False  # trained when --only is not given
 
 
+def cosine(epochs: int, **options) -> tuple[tuple[str, object], ...]:
+    """Run options of a cosine schedule with half an epoch of warm-up over `epochs`, plus `options`."""
+    return (("schedule", "cosine"), ("warmup_epochs", 0.5), ("epochs", epochs), *options.items())
+
+
 # A warm-up of 842 steps = 2 epochs of mnist-pairs (54,000 / 128): REINFORCE starts after them.
 WARMUP = "policy_warmup_steps=842"
 RUNS = [
@@ -102,8 +107,7 @@ RUNS = [
     # of 345 s in the first H200 session; runs sharing the device split it about evenly): about
     # 1.15x the epochs the constant-lr runs reached in call 1 (README). cnn-c100: a guess (26,113
     # images/s alone), not trained on a GPU yet.
-    *(Run(f"{name}-cosine", dataset, model, preset, (), (("schedule", "cosine"), ("warmup_epochs", 0.5),
-                                                          ("epochs", epochs)))
+    *(Run(f"{name}-cosine", dataset, model, preset, (), cosine(epochs))
       for name, dataset, model, preset, epochs in (
           ("cnn-seq", "mnist-sequences", "cnn", "modern-seq", 60),
           ("stn-seq", "mnist-sequences", "stn", "st-cnn-single", 28),
@@ -111,12 +115,10 @@ RUNS = [
           ("stn-c60", "mnist-cluttered-60", "stn", None, 90),
           ("cnn-c100", "mnist-cluttered", "cnn", "modern-small", 20))),
     # Decoupled weight decay won the 10-epoch CPU comparison on mnist-cluttered-60 (README).
-    Run("ram-c60-cosine-wd", "mnist-cluttered-60", "ram", "visatt-60", (),
-        (("schedule", "cosine"), ("warmup_epochs", 0.5), ("epochs", 135), ("weight_decay", 0.05))),
+    Run("ram-c60-cosine-wd", "mnist-cluttered-60", "ram", "visatt-60", (), cosine(135, weight_decay=0.05)),
     # The cosine runs above overfit (train accuracy near 1.0 well before the end): the same with
     # weight decay, three side by side in a shorter call.
-    *(Run(f"{name}-cosine-wd", dataset, model, preset, (), (("schedule", "cosine"), ("warmup_epochs", 0.5),
-                                                             ("epochs", epochs), ("weight_decay", 0.05)))
+    *(Run(f"{name}-cosine-wd", dataset, model, preset, (), cosine(epochs, weight_decay=0.05))
       for name, dataset, model, preset, epochs in (
           ("cnn-seq", "mnist-sequences", "cnn", "modern-seq", 80),
           ("stn-seq", "mnist-sequences", "stn", "st-cnn-single", 40),
@@ -124,8 +126,7 @@ RUNS = [
     # Weight decay did not stop the overfitting (second H200 session, README): the same with
     # `--shift` (each training image translated by up to K pixels per epoch; 2 on mnist-sequences,
     # whose long strips fill the width), epochs planned for 7 runs side by side as in call 1.
-    *(Run(f"{name}-cosine-wd-shift", dataset, model, preset, (),
-          (("schedule", "cosine"), ("warmup_epochs", 0.5), ("epochs", epochs), ("weight_decay", 0.05), ("shift", shift)))
+    *(Run(f"{name}-cosine-wd-shift", dataset, model, preset, (), cosine(epochs, weight_decay=0.05, shift=shift))
       for name, dataset, model, preset, epochs, shift in (
           ("cnn-seq", "mnist-sequences", "cnn", "modern-seq", 60, 2),
           ("stn-seq", "mnist-sequences", "stn", "st-cnn-single", 28, 2),
