@@ -12,6 +12,12 @@ from pathlib import Path
 
 import pytest
 
+# XLA's CPU backend spends most of a JAX test's time optimising small programs that then run
+# once or twice: the tests compile them without LLVM's optimisations, which made the JAX pass
+# several times faster. (TensorFlow does not use XLA on a CPU.)
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+
 SOURCES = Path(os.environ.get("VISATT_TEST_SOURCES") or Path(__file__).resolve().parents[2] / "shared" / "sources")
 MNIST_DIR = SOURCES / "mnist"
 SVHN_SAMPLE = SOURCES / "svhn-format1-sample"
