@@ -91,9 +91,17 @@ class RunSpec:
         return model
 
 
+# How a stochastic model (RAM, DRAM) is validated after each epoch, which decides its best
+# checkpoint: at its policy means. Runs begun before this existed validated one sampled pass and
+# have no "val_pass" in their state; resuming one keeps that, so its log stays one series.
+VAL_PASS = "deterministic"
+OLD_VAL_PASS = "sampled"
+
+
 def new_state() -> dict:
     return {"epochs_completed": 0, "best_epoch": None, "best_val": None, "last_checkpoint": None,
-            "best_checkpoint": None, "train_images_per_s": [], "wall_time_s": 0.0, "sessions": []}
+            "best_checkpoint": None, "train_images_per_s": [], "wall_time_s": 0.0, "sessions": [],
+            "val_pass": VAL_PASS}
 
 
 class RunFolder:

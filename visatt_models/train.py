@@ -5,7 +5,8 @@
 
 A run trains on `train`, evaluates `val` after every epoch, keeps the checkpoint with the best
 val figure of its task (`accuracy` on single-digit stores, `sequence_accuracy` on sequence
-stores) and evaluates that checkpoint once on `test`. The run folder (`runs.py`) holds the
+stores; for RAM and DRAM, of a pass at the policy means) and evaluates that checkpoint once on
+`test`. The run folder (`runs.py`) holds the
 spec, the state, the checkpoints and the log.
 
 What resume guarantees. Resuming restores the weights, the optimizer state (moments, iteration
@@ -40,6 +41,7 @@ from visatt_models.data import Batches, Split, StoreInfo, check_crop, check_shif
 from visatt_models.evaluate import evaluate
 from visatt_models.runs import (
     METRICS_FILE,
+    OLD_VAL_PASS,
     STATE_FILE,
     TENSORBOARD,
     RunError,
@@ -231,7 +233,9 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
                                 drop_remainder=True, crop=t.crop, random_crop=True, shift=t.shift, endless=True,
                                 prefetch=PREFETCH)
         val_batches = Batches(splits["val"], t.batch_size, shuffle=False, crop=t.crop)
-        recorder = RunRecorder(folder, train_batches, state, started, model.task.selection_metric, time_limit_s)
+        deterministic_val = model.stochastic and state.get("val_pass", OLD_VAL_PASS) == "deterministic"
+        recorder = RunRecorder(folder, train_batches, state, started, model.task.selection_metric, time_limit_s,
+                               deterministic_val)
         with store_failures(splits["train"], splits["val"]):
             model.fit(train_batches, validation_data=val_batches, epochs=t.epochs, initial_epoch=done,
                       steps_per_epoch=len(train_batches), shuffle=False, callbacks=[recorder], verbose=verbose)
@@ -245,6 +249,8 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
         result = evaluate(best, splits["test"], batch_size=t.batch_size, mc_samples=t.mc_samples, crop=t.crop)
     state["wall_time_s"] += time.time() - started
     metrics = _metrics(spec, info, splits, state, result, best.task.selection_metric)
+    if best.stochastic:
+        metrics["best_val_pass"] = state.get("val_pass", OLD_VAL_PASS)
     write_json(folder.path / STATE_FILE, state)
     write_json(folder.path / METRICS_FILE, metrics)
     if plots:
@@ -261,12 +267,15 @@ class RunRecorder(keras.callbacks.Callback):
     off its asynchronous callback dispatch and pull the metrics to the host after every step.
     The training time of an epoch runs from `on_epoch_begin` to `on_test_begin` (validation
     starts right after the last step), after a read of the optimizer's step counter that waits
-    for the asynchronous (JAX) work to finish.
+    for the asynchronous (JAX) work to finish. With `deterministic_val` a stochastic model is
+    validated at its policy means (its `sampling` scale 0), so the best checkpoint is chosen on
+    the deterministic pass rather than on one noisy sample of locations.
     """
 
     def __init__(self, folder: RunFolder, train_batches: Batches, state: dict, started: float, selection: str,
-                 time_limit_s: float | None = None):
+                 time_limit_s: float | None = None, deterministic_val: bool = False):
         super().__init__()
+        self.deterministic_val = deterministic_val
         self.folder, self.batches, self.state, self.started, self.selection = folder, train_batches, state, started, selection
         self.writer = TensorBoardWriter(folder.path / TENSORBOARD, keras.backend.backend())
         self.train_end = None
@@ -283,6 +292,14 @@ class RunRecorder(keras.callbacks.Callback):
         if self.train_end is None:  # validation after this epoch's training
             keras.ops.convert_to_numpy(self.model.optimizer.iterations)  # waits for the last step
             self.train_end = time.perf_counter()
+        if self.deterministic_val:
+            # Read when validation's first step collects the model's state (JAX) or at run time
+            # (TensorFlow); the noise is still drawn, so training's random stream is unchanged.
+            self.model.sampling.assign(0.0)
+
+    def on_test_end(self, logs=None):
+        if self.deterministic_val:
+            self.model.sampling.assign(1.0)
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()

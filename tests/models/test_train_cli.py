@@ -326,6 +326,32 @@ def test_ram_run_reports_mc_accuracy_and_draws_glimpses(store, tmp_path):
     assert evaluated["mc_samples"] == 2 and "test_accuracy_mc" in evaluated
 
 
+def test_a_stochastic_model_is_validated_at_its_policy_means(store, tmp_path):
+    """The best checkpoint of RAM (and DRAM) is chosen on a deterministic val pass, not on one
+    sample of locations: the logged val figures are those of the policy means."""
+    from visatt_models.evaluate import deterministic_policy
+
+    out = tmp_path / "ram-val"
+    ram = ["--set", "glimpses=2", "--set", "patch_size=6", "--set", "scales=2", "--set", "core_size=16",
+           "--set", "glimpse_hidden=8", "--set", "location_hidden=8", "--set", "glimpse_size=16", "--set", "std=0.5"]
+    run(train_main, ["--store", store, "--out", out, "--model", "ram", *ram, "--epochs", 1, "--limit", 32,
+                     "--batch-size", 16, "--mc", 0, "--verbose", 0, "--no-plots"])
+    logged = read_log(out / "log.csv")[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best_val_pass"] == "deterministic"
+    assert json.loads((out / "state.json").read_text())["val_pass"] == "deterministic"
+    model = load_run_spec(out).build_model()
+    model.load_weights(out / metrics["checkpoint"])
+    model.compile(loss=None)
+    images, labels = Split(open_store(store), "val", limit=32).arrays
+    with deterministic_policy(model):
+        at_means = model.evaluate(images, labels, batch_size=16, verbose=0, return_dict=True)
+    sampled = model.evaluate(images, labels, batch_size=16, verbose=0, return_dict=True)
+    assert float(logged["val_loss"]) == pytest.approx(at_means["loss"], rel=1e-5)
+    assert float(logged["val_accuracy"]) == pytest.approx(at_means["accuracy"])
+    assert float(logged["val_loss"]) != pytest.approx(sampled["loss"], rel=1e-3)  # what the test tells apart
+
+
 def test_stn_run_draws_transforms(store, tmp_path):
     out = tmp_path / "stn"
     stn = ["--set", "loc_filters=4,4", "--set", "loc_dense=8", "--set", "cls_filters=4,8", "--set", "cls_dense=16"]
