@@ -6,8 +6,7 @@
 A run trains on `train`, evaluates `val` after every epoch, keeps the checkpoint with the best
 val figure of its task (`accuracy` on single-digit stores, `sequence_accuracy` on sequence
 stores; for RAM and DRAM, of a pass at the policy means) and evaluates that checkpoint once on
-`test`. The run folder (`runs.py`) holds the
-spec, the state, the checkpoints and the log.
+`test`. The run folder (`runs.py`) holds the spec, the state, the checkpoints and the log.
 
 What resume guarantees. Resuming restores the weights, the optimizer state (moments, iteration
 count), the epoch counter, the best val figure and its checkpoint, the log, and the state of
@@ -44,6 +43,7 @@ from visatt_models.runs import (
     OLD_VAL_PASS,
     STATE_FILE,
     TENSORBOARD,
+    VAL_PASS,
     RunError,
     RunFolder,
     RunSpec,
@@ -233,7 +233,7 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
                                 drop_remainder=True, crop=t.crop, random_crop=True, shift=t.shift, endless=True,
                                 prefetch=PREFETCH)
         val_batches = Batches(splits["val"], t.batch_size, shuffle=False, crop=t.crop)
-        deterministic_val = model.stochastic and state.get("val_pass", OLD_VAL_PASS) == "deterministic"
+        deterministic_val = model.stochastic and state.get("val_pass", OLD_VAL_PASS) == VAL_PASS
         recorder = RunRecorder(folder, train_batches, state, started, model.task.selection_metric, time_limit_s,
                                deterministic_val)
         with store_failures(splits["train"], splits["val"]):
