@@ -289,6 +289,12 @@ def test_a_shifted_run_records_its_shift_and_trains_on_other_images(cnn_run, sto
     assert load_run_spec(out).train.shift == 2
     shifted, plain = read_log(out / "log.csv")[0], read_log(cnn_run / "log.csv")[0]
     assert shifted["loss"] != plain["loss"] and shifted["val_loss"] != plain["val_loss"]
+    model = load_run_spec(out).build_model()  # validation saw the val images as they are
+    model.load_weights(out / json.loads((out / "metrics.json").read_text())["checkpoint"])
+    model.compile(loss=None)
+    images, labels = Split(open_store(store), "val", limit=48).arrays
+    unshifted = model.evaluate(images, labels, batch_size=16, verbose=0, return_dict=True)
+    assert float(shifted["val_loss"]) == pytest.approx(unshifted["loss"], rel=1e-5)
     refused = run(train_main, ["--out", out, "--resume", "--epochs", 2, "--shift", 3], ok=False)
     assert refused.exit_code == 1 and "cannot change shift" in refused.output
     bad = run(train_main, ["--store", store, "--out", tmp_path / "bad", "--shift", 40, *CNN], ok=False)
