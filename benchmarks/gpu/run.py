@@ -292,7 +292,7 @@ def run_child(run: Run, store: Path, runs: Path, seconds: float, smoke: bool) ->
 
 def _describe(run: Run) -> dict:
     return {"name": run.name, "dataset": run.dataset, "model": run.model, "preset": run.preset,
-            "overrides": list(run.overrides)}
+            "overrides": list(run.overrides), "options": dict(run.options)}
 
 
 def _child(args, *extra, log_file: Path) -> subprocess.Popen:
@@ -404,6 +404,8 @@ def session(args, runs: list[Run]) -> None:
         pack(args.runs, args.out / "results.tar.gz")
     summary["session_s"] = round(time.perf_counter() - start, 1)
     _write(args.out / "summary.json", summary)
+    if summary.get("runs"):
+        (args.out / "results.md").write_text(markdown(summary))
     for line in _report(summary):
         log(line)
     log(f"wrote {args.out / 'summary.json'}")
@@ -423,9 +425,42 @@ def _report(summary: dict):
         yield f"{r['name']:<24} exit {r['exit']} epochs {r.get('epochs_completed', '?')} {json.dumps(figures)}"
 
 
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def markdown(summary: dict) -> str:
+    """The runs of a summary as a README table: test error in % (single sampled pass / at the
+    policy means / Monte-Carlo for RAM and DRAM), the settings as `visatt-train` options."""
+    options = {r.name: r for r in RUNS}
+    lines = ["| run | dataset | model | settings | epochs (best) | test error % | train images/s | exit |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summary.get("runs", []):
+        run = options.get(r["name"])
+        settings = ([f"--preset {r['preset']}"] if r.get("preset") else []) + [f"--set {o}" for o in r.get("overrides", [])]
+        given = r["options"].items() if "options" in r else (run.options if run is not None else ())
+        settings += [f"--{k.replace('_', '-')} {v}" for k, v in given]
+        metric = "test_sequence_error" if "test_sequence_error" in r else "test_error"
+        if metric in r:
+            errors = " / ".join(_percent(r.get(metric + suffix)) for suffix in
+                                (("", "_det", "_mc") if r["model"] in ("ram", "dram") else ("",)))
+            epochs = f"{r.get('epochs_completed', '?')} ({r.get('best_epoch', '?')})"
+        else:  # stopped before its test: the last epoch's val figures
+            last = r.get("last_epoch", {})
+            errors = f"not tested (val {', '.join(f'{k} {v:.4f}' for k, v in last.items() if k.startswith('val_') and v is not None)})"
+            epochs = f"{int(last['epoch']) if last.get('epoch') else '?'} (-)"
+        speed = f"{r['train_images_per_s']:,.0f}" if r.get("train_images_per_s") else "-"
+        lines.append(f"| `{r['name']}` | `{r['dataset']}` | {r['model']} | `{' '.join(settings) or 'defaults'}` | "
+                     f"{epochs} | {errors} | {speed} | {r.get('exit')} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="summary.json and results.tar.gz go here")
+    parser.add_argument("--out", type=Path, help="summary.json, results.md (the runs as a README table) and "
+                        "results.tar.gz go here")
+    parser.add_argument("--table", type=Path, metavar="SUMMARY", help="print the runs of a summary.json as a "
+                        "README table and exit")
     parser.add_argument("--mnist", type=Path, help="folder of the four MNIST .gz files (not needed with --smoke)")
     parser.add_argument("--stores", type=Path, default=Path("/tmp/visatt-gpu/stores"))
     parser.add_argument("--runs", type=Path, default=Path("/tmp/visatt-gpu/runs"))
@@ -450,6 +485,10 @@ def main(argv=None):
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.table:
+        return print(markdown(json.loads(args.table.read_text())), end="")
+    if args.out is None:
+        parser.error("--out is required")
     if args.child_throughput is not None:
         return throughput_child(args.child_throughput or None, args.out / "throughput.json", args.throughput_s,
                                 args.steps, args.smoke, args.steps_per_execution)
