@@ -39,7 +39,8 @@ def read_log(path):
 @pytest.mark.single_backend  # it runs JAX itself, with two virtual devices
 def test_two_devices_give_the_losses_of_one_on_the_same_global_batch(tmp_path):
     store = tiny_store(tmp_path / "s.zarr", limit=64, canvas=40)
-    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "KERAS_BACKEND": "jax",  # two devices, compiled as the other tests are (conftest)
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()}
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(HERE), str(store), str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
