@@ -295,11 +295,12 @@ class RunRecorder(keras.callbacks.Callback):
         if self.deterministic_val:
             # Read when validation's first step collects the model's state (JAX) or at run time
             # (TensorFlow); the noise is still drawn, so training's random stream is unchanged.
+            self.sampling = keras.ops.convert_to_numpy(self.model.sampling)
             self.model.sampling.assign(0.0)
 
     def on_test_end(self, logs=None):
         if self.deterministic_val:
-            self.model.sampling.assign(1.0)
+            self.model.sampling.assign(self.sampling)
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()

@@ -12,7 +12,7 @@
 #   mkdir -p .data/mnist && cp ../shared/sources/mnist/*.gz .data/mnist/
 #   KERAS_BACKEND=jax .venv/bin/python benchmarks/gpu/run.py --smoke --out /tmp/gpu-smoke
 #
-# Arguments go to run.py. It writes $OUT/summary.json, $OUT/results.tar.gz and $OUT/log.txt.
+# Arguments go to run.py. It writes $OUT/summary.json, $OUT/results.md, $OUT/results.tar.gz and $OUT/log.txt.
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1

@@ -21,9 +21,9 @@ Steps (each printed as it goes, everything also written under --out):
    going at `--deadline-min` is stopped; its log.csv is what it reports.
 
 Outputs in `--out`: `summary.json` (device, throughput, each run's test figures, epochs, wall
-time), `results.tar.gz` (each run folder without checkpoints: run.json, state.json,
+time), `results.md` (the runs as a README table: `markdown`), `results.tar.gz` (each run folder without checkpoints: run.json, state.json,
 metrics.json, log.csv, pictures, and the run's console log), so that a device call brings back
-a few files. The README's GPU tables are made from `summary.json`.
+a few files. The README's GPU tables are made from `summary.json` (`--table SUMMARY` prints one).
 """
 
 from __future__ import annotations
@@ -431,7 +431,9 @@ def _percent(value) -> str:
 
 def markdown(summary: dict) -> str:
     """The runs of a summary as a README table: test error in % (single sampled pass / at the
-    policy means / Monte-Carlo for RAM and DRAM), the settings as `visatt-train` options."""
+    policy means / Monte-Carlo for RAM and DRAM), the settings as `visatt-train` options (those of
+    the run's entry in `RUNS`; a run without `epochs` there trained until the deadline, and a
+    `--smoke` session's runs are cut to one tiny epoch besides)."""
     options = {r.name: r for r in RUNS}
     lines = ["| run | dataset | model | settings | epochs (best) | test error % | train images/s | exit |",
              "|---|---|---|---|---|---|---|---|"]
@@ -447,7 +449,8 @@ def markdown(summary: dict) -> str:
             epochs = f"{r.get('epochs_completed', '?')} ({r.get('best_epoch', '?')})"
         else:  # stopped before its test: the last epoch's val figures
             last = r.get("last_epoch", {})
-            errors = f"not tested (val {', '.join(f'{k} {v:.4f}' for k, v in last.items() if k.startswith('val_') and v is not None)})"
+            val = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_") and v is not None)
+            errors = f"not tested ({'val ' + val if val else 'no epoch logged'})"
             epochs = f"{int(last['epoch']) if last.get('epoch') else '?'} (-)"
         speed = f"{r['train_images_per_s']:,.0f}" if r.get("train_images_per_s") else "-"
         lines.append(f"| `{r['name']}` | `{r['dataset']}` | {r['model']} | `{' '.join(settings) or 'defaults'}` | "

@@ -357,6 +357,28 @@ def test_a_stochastic_model_is_validated_at_its_policy_means(store, tmp_path):
     assert float(logged["val_accuracy"]) == pytest.approx(at_means["accuracy"])
     assert float(logged["val_loss"]) != pytest.approx(sampled["loss"], rel=1e-3)  # what the test tells apart
 
+    # A run begun before validation at the means (no val_pass in its state) keeps its sampled pass.
+    state = json.loads((out / "state.json").read_text())
+    del state["val_pass"]
+    (out / "state.json").write_text(json.dumps(state))
+    run(train_main, ["--out", out, "--resume", "--epochs", 2, "--verbose", 0, "--no-plots"])
+    assert json.loads((out / "metrics.json").read_text())["best_val_pass"] == "sampled"
+    resumed = keras.models.load_model(out / "checkpoints" / "last-epoch-0002.keras")
+    resumed.compile(loss=None)
+    with deterministic_policy(resumed):
+        at_means = resumed.evaluate(images, labels, batch_size=16, verbose=0, return_dict=True)
+    assert float(keras.ops.convert_to_numpy(resumed.sampling)) == 1.0  # the checkpoint samples again
+    assert float(read_log(out / "log.csv")[1]["val_loss"]) != pytest.approx(at_means["loss"], rel=1e-3)
+    # Validating at the means still draws the noise: training's random stream, and so the second
+    # epoch's training figures, are those of a run validated on sampled passes (both resumed after
+    # epoch 1, the same way).
+    again = tmp_path / "ram-val-again"
+    run(train_main, ["--store", store, "--out", again, "--model", "ram", *ram, "--epochs", 1, "--limit", 32,
+                     "--batch-size", 16, "--mc", 0, "--verbose", 0, "--no-plots"])
+    run(train_main, ["--out", again, "--resume", "--epochs", 2, "--verbose", 0, "--no-plots"])
+    for mixed, deterministic in zip(read_log(out / "log.csv"), read_log(again / "log.csv")):
+        assert float(mixed["loss"]) == pytest.approx(float(deterministic["loss"]), rel=1e-5)
+
 
 def test_stn_run_draws_transforms(store, tmp_path):
     out = tmp_path / "stn"
