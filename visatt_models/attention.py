@@ -40,6 +40,11 @@ class GlimpseSensor(layers.Layer):
         super().__init__(**kwargs)
         self.patch_size, self.num_scales = patch_size, num_scales
         self.retina = Retina(patch_size, num_scales)
+        # No weights, so nothing to build: built from the start. Otherwise a loaded model counts
+        # it unbuilt, and Keras' fit takes a batch from the data to build it symbolically, which
+        # an endless prefetching `Batches` does not give back: a resumed run (JAX) skipped the
+        # first batch of its first epoch.
+        self.built = True
 
     def call(self, x, l_t):
         return self.retina(x, l_t)

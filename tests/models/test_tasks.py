@@ -172,6 +172,9 @@ def test_every_model_on_every_task(name, task_name, tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert type(loaded) is type(model) and loaded.config == model.config and loaded.task == task
+    # Every layer of a loaded model is built: an unbuilt one makes Keras' fit take a batch from the
+    # data to build it, which the trainer's endless prefetching batches do not give back.
+    assert not [layer.name for layer in loaded._flatten_layers() if not layer.built]
     for _ in range(2):
         a, b = outputs(model, images), outputs(loaded, images)
         for head in task.head_shapes():
