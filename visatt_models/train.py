@@ -19,6 +19,7 @@ except `epochs`, which may grow to extend a run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -37,7 +38,7 @@ from visatt_models import registry
 from visatt_models.config import TrainConfig
 from pipelines.reader import store_failures
 from visatt_models.data import Batches, Split, StoreInfo, check_crop, check_shift, open_store
-from visatt_models.evaluate import evaluate
+from visatt_models.evaluate import deterministic_policy, evaluate
 from visatt_models.runs import (
     METRICS_FILE,
     OLD_VAL_PASS,
@@ -275,7 +276,7 @@ class RunRecorder(keras.callbacks.Callback):
     def __init__(self, folder: RunFolder, train_batches: Batches, state: dict, started: float, selection: str,
                  time_limit_s: float | None = None, deterministic_val: bool = False):
         super().__init__()
-        self.deterministic_val = deterministic_val
+        self.deterministic_val, self.validation = deterministic_val, contextlib.ExitStack()
         self.folder, self.batches, self.state, self.started, self.selection = folder, train_batches, state, started, selection
         self.writer = TensorBoardWriter(folder.path / TENSORBOARD, keras.backend.backend())
         self.train_end = None
@@ -295,12 +296,10 @@ class RunRecorder(keras.callbacks.Callback):
         if self.deterministic_val:
             # Read when validation's first step collects the model's state (JAX) or at run time
             # (TensorFlow); the noise is still drawn, so training's random stream is unchanged.
-            self.sampling = keras.ops.convert_to_numpy(self.model.sampling)
-            self.model.sampling.assign(0.0)
+            self.validation.enter_context(deterministic_policy(self.model))
 
     def on_test_end(self, logs=None):
-        if self.deterministic_val:
-            self.model.sampling.assign(self.sampling)
+        self.validation.close()  # the sampling scale as it was
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()

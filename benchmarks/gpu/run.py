@@ -434,11 +434,11 @@ def markdown(summary: dict) -> str:
     policy means / Monte-Carlo for RAM and DRAM), the settings as `visatt-train` options (those of
     the run's entry in `RUNS`; a run without `epochs` there trained until the deadline, and a
     `--smoke` session's runs are cut to one tiny epoch besides)."""
-    options = {r.name: r for r in RUNS}
+    known = {r.name: r for r in RUNS}
     lines = ["| run | dataset | model | settings | epochs (best) | test error % | train images/s | exit |",
              "|---|---|---|---|---|---|---|---|"]
     for r in summary.get("runs", []):
-        run = options.get(r["name"])
+        run = known.get(r["name"])
         settings = ([f"--preset {r['preset']}"] if r.get("preset") else []) + [f"--set {o}" for o in r.get("overrides", [])]
         given = r["options"].items() if "options" in r else (run.options if run is not None else ())
         settings += [f"--{k.replace('_', '-')} {v}" for k, v in given]
