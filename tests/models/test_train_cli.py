@@ -24,6 +24,8 @@ def load_run_spec(out):
 
 # Small and fast, with dropout (its random state must survive a resume).
 CNN = ["--model", "cnn", "--set", "widths=4,8", "--set", "dense=16", "--batch-size", "16", "--verbose", "0"]
+TINY_RAM = ["--set", "glimpses=2", "--set", "patch_size=6", "--set", "scales=2", "--set", "core_size=16",
+            "--set", "glimpse_hidden=8", "--set", "location_hidden=8", "--set", "glimpse_size=16"]
 
 
 @pytest.fixture(scope="module")
@@ -317,8 +319,7 @@ def test_eval_refuses_another_dataset_unless_forced(cnn_run, store, other_store)
 @pytest.mark.single_backend  # RAM on JAX: tests/models/test_ram.py and test_tasks
 def test_ram_run_reports_mc_accuracy_and_draws_glimpses(store, tmp_path):
     out = tmp_path / "ram"
-    ram = ["--set", "glimpses=2", "--set", "patch_size=6", "--set", "scales=2", "--set", "core_size=16",
-           "--set", "glimpse_hidden=8", "--set", "location_hidden=8", "--set", "glimpse_size=16"]
+    ram = TINY_RAM
     run(train_main, ["--store", store, "--out", out, "--model", "ram", *ram, "--epochs", 1, "--limit", 32,
                      "--batch-size", 16, "--mc", 3, "--verbose", 0])
     metrics = json.loads((out / "metrics.json").read_text())
@@ -338,8 +339,7 @@ def test_a_stochastic_model_is_validated_at_its_policy_means(store, tmp_path):
     from visatt_models.evaluate import deterministic_policy
 
     out = tmp_path / "ram-val"
-    ram = ["--set", "glimpses=2", "--set", "patch_size=6", "--set", "scales=2", "--set", "core_size=16",
-           "--set", "glimpse_hidden=8", "--set", "location_hidden=8", "--set", "glimpse_size=16", "--set", "std=0.5"]
+    ram = [*TINY_RAM, "--set", "std=0.5"]
     run(train_main, ["--store", store, "--out", out, "--model", "ram", *ram, "--epochs", 1, "--limit", 32,
                      "--batch-size", 16, "--mc", 0, "--verbose", 0, "--no-plots"])
     logged = read_log(out / "log.csv")[0]
