@@ -16,7 +16,8 @@ network reads r2 and draws l_t (the first from r2's initial state, i.e. from the
 glimpse at l_t updates r1 then r2, and after steps N-1, 2N-1, ... the classifier reads r1. The
 context reaches r2 only, so it steers where to look but cannot classify: for a given sequence
 of locations, the classifications do not depend on it (tested). T is static per store, so the
-model compiles once.
+model compiles once. The P emission groups (`emission_group`: N glimpses, then a classification)
+run as a Python loop unrolled into the graph, or with `emission_loop="scan"` in `ops.scan`.
 
 Emissions. On a sequence store P = max_length + 1: one softmax over the 10 digits and the
 end-of-sequence class per emission, which is the sequence task's blank class (labels
@@ -98,6 +99,11 @@ class DRAMConfig:
     std_start: float = 0.0
     std_anneal_steps: int = 0
     baseline_weight: float = 1.0
+    # How the P emission groups run (the same numbers either way): "unrolled", a Python loop
+    # unrolled into the graph; "scan", `ops.scan` over one compiled group, which JAX compiles in
+    # about half the time but, on a CPU, trains about 10x slower (XLA runs the convolutions'
+    # gradients inside a loop body without its fast kernels); see benchmarks/bench_dram_loop.py.
+    emission_loop: Literal["unrolled", "scan"] = "unrolled"
     seed: int = 0
 
     def __post_init__(self):
@@ -111,6 +117,8 @@ class DRAMConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.emissions is not None and self.emissions < 1:
             raise ValueError(f"emissions must be >= 1, got {self.emissions}")
+        if self.emission_loop not in ("unrolled", "scan"):
+            raise ValueError(f"emission_loop must be 'unrolled' or 'scan', got {self.emission_loop!r}")
         if self.context_size < 2 ** len(self.context_filters):  # each context conv halves the image
             raise ValueError(f"context_size {self.context_size} does not survive {len(self.context_filters)} 2x2 "
                              f"max-pools (needs >= {2 ** len(self.context_filters)})")
@@ -227,42 +235,97 @@ class DRAM(AttentionModel):
         return self.config.glimpses_per_digit * self.emissions
 
     def build(self, images_shape):
-        """`images_shape`: (B, H, W, C). One deterministic pass on a blank image builds every
-        sublayer (the conv stacks need the real shapes), drawing no random numbers."""
-        self.call(ops.zeros((1, *images_shape[1:]), "uint8"), deterministic=True)
+        """`images_shape`: (B, H, W, C). One deterministic emission group on a blank image, outside
+        any loop, builds every sublayer (the conv stacks need the real shapes; a layer cannot
+        create its weights inside `ops.scan`), drawing no random numbers."""
+        x = ops.zeros((1, *images_shape[1:]), "float32")
+        n = self.config.glimpses_per_digit
+        self.emission_group(self.initial_carry(x), {"noise": ops.zeros((1, n, 2))}, x, None)
         self.built = True
 
-    def call(self, images, training=False, deterministic=False, locations=None):
-        cfg = self.config
-        x = ops.cast(images, "float32") / 255.0  # (B, H, W, C) in [0, 1]
-        batch = ops.shape(x)[0]
-        noise = self.location_noise(batch, self.steps, deterministic)  # (B, T, 2)
-        zeros = ops.zeros((batch, cfg.lstm_units))
-        r1 = [zeros, zeros]  # (h, c) of the lower LSTM: no context
-        r2 = [self.context_network(x), zeros]  # the upper LSTM starts from the context
-        std = self.policy_std()  # None: the fixed std
-        locs, means, log_pis, baselines, logits = [], [], [], [], []
-        for t in range(self.steps):
-            action = None if locations is None else locations[:, t]
-            l_t, log_pi, mu_t = self.emission_network(r2[0], noise[:, t], action, std=std)  # (B, 2), (B,), (B, 2)
+    def initial_carry(self, x):
+        """The loop's carry before the first glimpse: the LSTM states (r1 at zero, r2's hidden state
+        from the context network) and zeros in the slots of one emission group's outputs."""
+        batch, n, units = ops.shape(x)[0], self.config.glimpses_per_digit, self.config.lstm_units
+        zeros = ops.zeros((batch, units))
+        return {
+            "r1": (zeros, zeros),  # (h, c) of the lower LSTM: no context
+            "r2": (self.context_network(x), zeros),  # the upper LSTM starts from the context
+            "logits": ops.zeros((batch, self.classes)),
+            "locations": ops.zeros((batch, n, 2)),
+            "means": ops.zeros((batch, n, 2)),
+            "log_pi": ops.zeros((batch, n)),
+            "baseline": ops.zeros((batch, n)),
+        }
+
+    def emission_group(self, carry, xs, x, std):
+        """One emission: N glimpses (each: the emission network reads r2 and draws l_t, the glimpse
+        at l_t updates r1 then r2), then the classifier reads r1. `xs`: this group's policy `noise`
+        (B, N, 2) and, to force the locations, `action` (B, N, 2). Returns the new carry twice:
+        as the loop's carry and as its output (TensorFlow's `ops.scan` stacks outputs shaped like
+        the carry), whose group slots hold logits (B, classes), locations and means (B, N, 2),
+        log_pi and baseline (B, N)."""
+        r1, r2 = carry["r1"], carry["r2"]
+        locs, means, log_pis, baselines = [], [], [], []
+        for j in range(self.config.glimpses_per_digit):
+            action = xs["action"][:, j] if "action" in xs else None
+            l_t, log_pi, mu_t = self.emission_network(r2[0], xs["noise"][:, j], action, std=std)  # (B, 2), (B,), (B, 2)
             baselines.append(self.baseline_network(r2[0]))  # b_t: (B,)
             g_t = self.glimpse_network(x, l_t)  # (B, glimpse_size)
             h1, r1 = self.r1(g_t, r1)
             _, r2 = self.r2(h1, r2)
-            r1, r2 = list(r1), list(r2)
-            if (t + 1) % cfg.glimpses_per_digit == 0:
-                logits.append(self.classifier(self.classifier_hidden(h1)))  # (B, classes), read from r1
+            r1, r2 = tuple(r1), tuple(r2)
             locs.append(l_t)
             means.append(mu_t)
             log_pis.append(log_pi)
-        emitted = ops.stack(logits, axis=1)  # (B, P, classes)
+        carry = {
+            "r1": r1,
+            "r2": r2,
+            "logits": self.classifier(self.classifier_hidden(h1)),  # (B, classes), read from r1
+            "locations": ops.stack(locs, axis=1),
+            "means": ops.stack(means, axis=1),
+            "log_pi": ops.stack(log_pis, axis=1),
+            "baseline": ops.stack(baselines, axis=1),
+        }
+        return carry, carry
+
+    def call(self, images, training=False, deterministic=False, locations=None):
+        cfg = self.config
+        x = ops.cast(images, "float32") / 255.0  # (B, H, W, C) in [0, 1]
+        batch, n, p = ops.shape(x)[0], cfg.glimpses_per_digit, self.emissions
+
+        def by_group(v):  # (B, T, ...) -> (P, B, N, ...): the loop runs over the leading axis
+            return ops.moveaxis(ops.reshape(v, (batch, p, n, *v.shape[2:])), 1, 0)
+
+        xs = {"noise": by_group(self.location_noise(batch, self.steps, deterministic))}  # (P, B, N, 2)
+        if locations is not None:
+            xs["action"] = by_group(ops.cast(locations, "float32"))
+        std = self.policy_std()  # None: the fixed std
+
+        def step(carry, xs_k):
+            return self.emission_group(carry, xs_k, x, std)
+
+        carry = self.initial_carry(x)
+        if cfg.emission_loop == "scan":
+            _, stacked = ops.scan(step, carry, xs)  # each (P, B, ...)
+        else:
+            outputs = []
+            for k in range(p):
+                carry, out = step(carry, {key: v[k] for key, v in xs.items()})
+                outputs.append(out)
+            stacked = {key: ops.stack([o[key] for o in outputs]) for key in outputs[0]}
+
+        def by_step(v):  # (P, B, N, ...) -> (B, T, ...)
+            return ops.reshape(ops.moveaxis(v, 0, 1), (batch, self.steps, *v.shape[3:]))
+
+        emitted = ops.moveaxis(stacked["logits"], 0, 1)  # (B, P, classes)
         heads = {"logits": emitted[:, 0]} if self.task.kind == "digit" else {"digit_logits": emitted}
         return {
             **heads,
-            "locations": ops.stack(locs, axis=1),  # (B, T, 2)
-            "means": ops.stack(means, axis=1),  # (B, T, 2)
-            "log_pi": ops.stack(log_pis, axis=1),  # (B, T)
-            "baseline": ops.stack(baselines, axis=1),  # (B, T)
+            "locations": by_step(stacked["locations"]),  # (B, T, 2)
+            "means": by_step(stacked["means"]),  # (B, T, 2)
+            "log_pi": by_step(stacked["log_pi"]),  # (B, T)
+            "baseline": by_step(stacked["baseline"]),  # (B, T)
         }
 
     def emission_correct(self, y, y_pred):

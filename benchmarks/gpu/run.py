@@ -46,14 +46,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the checkout's packages, installed or not
 
-# (label, model, preset, task, image side, batch size), most wanted first: the throughput step
-# stops starting entries when its time is up.
+# (label, model, preset, task, image side, batch size[, config overrides]), most wanted first:
+# the throughput step stops starting entries when its time is up.
 THROUGHPUT = [
     ("RAM paper-100, batch 128", "ram", "paper-100", "digit", 100, 128),
     ("RAM paper-100, batch 1024", "ram", "paper-100", "digit", 100, 1024),
     ("CNN modern", "cnn", "modern", "digit", 100, 128),
     ("STN (defaults)", "stn", None, "digit", 60, 128),
     ("DRAM visatt-small", "dram", "visatt-small", "sequence", 64, 128),
+    # The same in `ops.scan`: half the compile time on a CPU (JAX) but 10x slower steps there
+    # (benchmarks/bench_dram_loop.py); whether a GPU keeps the first without the second is open.
+    ("DRAM visatt-small, scan", "dram", "visatt-small", "sequence", 64, 128, ("emission_loop=scan",)),
     ("CNN modern-seq", "cnn", "modern-seq", "sequence", 64, 128),
     ("ST-CNN single", "stn", "st-cnn-single", "sequence", 64, 128),
     ("RAM visatt-60", "ram", "visatt-60", "digit", 60, 128),
@@ -214,12 +217,12 @@ def _fit_rate(entry, steps: int, repeats: int, batch_scale: float, steps_per_exe
     from visatt_models import registry
     from visatt_models.tasks import BLANK, DigitTask, SequenceTask
 
-    label, name, preset, task_kind, size, batch_size = entry
+    label, name, preset, task_kind, size, batch_size, *overrides = entry
     batch_size = max(2, int(batch_size * batch_scale))
     task = DigitTask() if task_kind == "digit" else SequenceTask()
     spec = registry.get_model_spec(name)
     keras.utils.set_random_seed(0)
-    model = spec.model_cls(registry.make_config(spec, preset=preset), task)
+    model = spec.model_cls(registry.make_config(spec, preset=preset, overrides=overrides[0] if overrides else ()), task)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), steps_per_execution=steps_per_execution)
     steps = max(steps, steps_per_execution) // steps_per_execution * steps_per_execution
     rng = np.random.default_rng(0)

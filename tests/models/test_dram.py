@@ -55,6 +55,29 @@ def test_emissions_and_steps():
     assert tuple(pairs["digit_logits"].shape) == (8, 3, 11)
     with pytest.raises(ValueError, match="independent"):
         DRAM(TINY, SequenceTask(head="length"))
+    with pytest.raises(ValueError, match="emission_loop"):
+        dataclasses.replace(TINY, emission_loop="while")
+
+
+@pytest.mark.parametrize("task", [SequenceTask(), DigitTask()], ids=["sequence", "digit"])
+def test_the_scanned_loop_gives_the_unrolled_loops_outputs_and_training_step(task):
+    """`ops.scan` over the emission groups and the unrolled Python loop (the default) compute the
+    same thing: outputs of a sampled pass, and the weights after one training step."""
+    images, labels = sequences()
+    if task.kind == "digit":
+        labels = labels[:, 0] % 10
+    models = [DRAM(dataclasses.replace(TINY, emission_loop=loop), task) for loop in ("scan", "unrolled")]
+    scanned, unrolled = ({k: keras.ops.convert_to_numpy(v) for k, v in m(images, training=True).items()} for m in models)
+    assert scanned.keys() == unrolled.keys()
+    for key in scanned:
+        np.testing.assert_allclose(scanned[key], unrolled[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert np.any(scanned["locations"][:, 1:] != scanned["locations"][:, :1])  # the steps differ: not one step copied
+    for model in models:
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        model.train_on_batch(images, labels)
+    for a, b in zip(models[0].trainable_weights, models[1].trainable_weights):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-4, atol=1e-5,
+                                   err_msg=a.path)
 
 
 def test_where_starts_as_a_pass_through_of_what():
