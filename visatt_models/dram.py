@@ -100,9 +100,10 @@ class DRAMConfig:
     std_anneal_steps: int = 0
     baseline_weight: float = 1.0
     # How the P emission groups run (the same numbers either way): "unrolled", a Python loop
-    # unrolled into the graph; "scan", `ops.scan` over one compiled group, which JAX compiles in
-    # about half the time but, on a CPU, trains about 10x slower (XLA runs the convolutions'
-    # gradients inside a loop body without its fast kernels); see benchmarks/bench_dram_loop.py.
+    # unrolled into the graph; "scan", `ops.scan` over one compiled group, for JAX: on this CPU
+    # its first training step took 28-52% less time, but every step after it was 10x slower
+    # (XLA's CPU backend and convolutions inside a loop body), and TensorFlow gained nothing and
+    # trains it without XLA. benchmarks/bench_dram_loop.py measures it; a GPU is untried.
     emission_loop: Literal["unrolled", "scan"] = "unrolled"
     seed: int = 0
 
@@ -167,6 +168,10 @@ class ContextNetwork(layers.Layer):
         super().__init__(**kwargs)
         self._args = dict(size=size, filters=tuple(filters), kernels=tuple(kernels), units=units, seed=seed)
         self.size = size
+        if keras.backend.backend() == "tensorflow":
+            # TensorFlow's antialiased resize (ScaleAndTranslate) has no XLA kernel: Keras must not
+            # compile DRAM with XLA, which it would do by default on a TensorFlow GPU machine.
+            self.supports_jit = False
         self.convs = conv_stack(filters, kernels, seed + 40, "context")
         self.flatten = layers.Flatten()
         self.fc = seeded_dense(units, seed + 50, "tanh", name="fc_context")
@@ -204,6 +209,10 @@ class DRAM(AttentionModel):
     def __init__(self, config: DRAMConfig | None = None, task=None, **kwargs):
         super().__init__(config, task, **kwargs)
         config = self.config
+        if config.emission_loop == "scan" and keras.backend.backend() == "tensorflow":
+            # Keras' TensorFlow scan is a while loop without a maximum iteration count, whose
+            # gradient XLA cannot build: Keras then trains without XLA (its default on a GPU).
+            self.supports_jit = False
         self.emissions = config.emissions or (1 if self.task.kind == "digit" else self.task.max_length + 1)
         self.classes = self.task.num_classes + (self.task.kind == "sequence")  # + end of sequence
         seed = config.seed * 100

@@ -62,22 +62,48 @@ def test_emissions_and_steps():
 @pytest.mark.parametrize("task", [SequenceTask(), DigitTask()], ids=["sequence", "digit"])
 def test_the_scanned_loop_gives_the_unrolled_loops_outputs_and_training_step(task):
     """`ops.scan` over the emission groups and the unrolled Python loop (the default) compute the
-    same thing: outputs of a sampled pass, and the weights after one training step."""
+    same thing: a sampled pass, a deterministic one, one at forced locations, and the gradient
+    step (plain SGD at lr 1, so the weight change is the gradient). On TensorFlow, XLA (Keras'
+    default on a GPU) is turned off, even when asked for: it has no kernel for the context
+    network's antialiased resize, and cannot build the gradient of Keras' TensorFlow scan."""
     images, labels = sequences()
     if task.kind == "digit":
         labels = labels[:, 0] % 10
     models = [DRAM(dataclasses.replace(TINY, emission_loop=loop), task) for loop in ("scan", "unrolled")]
-    scanned, unrolled = ({k: keras.ops.convert_to_numpy(v) for k, v in m(images, training=True).items()} for m in models)
-    assert scanned.keys() == unrolled.keys()
-    for key in scanned:
-        np.testing.assert_allclose(scanned[key], unrolled[key], rtol=1e-5, atol=1e-6, err_msg=key)
-    assert np.any(scanned["locations"][:, 1:] != scanned["locations"][:, :1])  # the steps differ: not one step copied
+    forced = np.random.default_rng(2).uniform(-0.8, 0.8, (8, models[0].steps, 2)).astype(np.float32)
+    for kwargs in (dict(training=True), dict(deterministic=True), dict(locations=forced)):
+        scanned, unrolled = ({k: keras.ops.convert_to_numpy(v) for k, v in m(images, **kwargs).items()} for m in models)
+        assert scanned.keys() == unrolled.keys()
+        for key in scanned:
+            np.testing.assert_allclose(scanned[key], unrolled[key], rtol=1e-5, atol=1e-6, err_msg=f"{key} {kwargs}")
+    before = [weights_of(m) for m in models]
     for model in models:
-        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        model.compile(optimizer=keras.optimizers.SGD(1.0), jit_compile=True)
         model.train_on_batch(images, labels)
-    for a, b in zip(models[0].trainable_weights, models[1].trainable_weights):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-4, atol=1e-5,
-                                   err_msg=a.path)
+    if keras.backend.backend() == "tensorflow":
+        assert not models[0].jit_compile and not models[1].jit_compile
+        assert not models[0].supports_jit and not models[0].context_network.supports_jit  # either alone turns it off
+    (scan_step, unrolled_step) = ([a - b for a, b in zip(weights_of(m), w)] for m, w in zip(models, before))
+    assert any(np.any(d != 0) for d in unrolled_step)
+    for a, b, w in zip(scan_step, unrolled_step, models[1].trainable_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=w.path)
+
+
+@pytest.mark.parametrize("loop", ["unrolled", "scan"])
+def test_each_classification_reads_the_glimpses_of_its_group_and_those_before(loop):
+    """Step t = k N + j belongs to emission k: moving glimpse t changes emission k (and later
+    ones) and leaves the emissions before k as they were."""
+    images, _ = sequences()
+    model = DRAM(dataclasses.replace(TINY, emission_loop=loop), SequenceTask())  # N = 2 glimpses, P = 6
+    fixed = np.random.default_rng(3).uniform(-0.5, 0.5, (8, model.steps, 2)).astype(np.float32)
+    base = keras.ops.convert_to_numpy(model(images, locations=fixed)["digit_logits"])
+    for t in (2, 3, 7):
+        moved = fixed.copy()
+        moved[:, t] = -moved[:, t]
+        logits = keras.ops.convert_to_numpy(model(images, locations=moved)["digit_logits"])
+        k = t // 2
+        np.testing.assert_array_equal(logits[:, :k], base[:, :k], err_msg=f"step {t}")
+        assert not np.allclose(logits[:, k], base[:, k]), f"step {t} did not reach emission {k}"
 
 
 def test_where_starts_as_a_pass_through_of_what():
