@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import keras
 
-from bench_sequence import STORES, batch
+from bench_sequence import STORES, batch, throughput
 from visatt_models import registry
 from visatt_models.tasks import SequenceTask
 
@@ -33,19 +32,8 @@ def measure(preset: str, size: int, emissions: int, loop: str, batch_size: int, 
     spec = registry.get_model_spec("dram")
     keras.utils.set_random_seed(0)
     config = registry.make_config(spec, preset=preset, emissions=emissions, emission_loop=loop)
-    model = spec.model_cls(config, SequenceTask())
-    model.compile(optimizer=keras.optimizers.Adam(1e-4))
     images, labels = batch(batch_size, size)
-    start = time.perf_counter()
-    model.train_on_batch(images, labels)
-    first = time.perf_counter() - start
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            model.train_on_batch(images, labels)
-        rates.append(steps * batch_size / (time.perf_counter() - start))
-    return first, statistics.median(rates)
+    return throughput(spec.model_cls(config, SequenceTask()), images, labels, 1, steps, repeats)
 
 
 def main(argv=None):

@@ -51,10 +51,13 @@ def batch(batch_size: int, size: int, seed: int = 0):
     return images, labels
 
 
-def throughput(model, images, labels, warmup: int, steps: int, repeats: int) -> float:
+def throughput(model, images, labels, warmup: int, steps: int, repeats: int) -> tuple[float, float]:
+    """(seconds of the `warmup` steps, which trace and compile; median images/s of the timed runs)."""
     model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    start = time.perf_counter()
     for _ in range(warmup):
         model.train_on_batch(images, labels)
+    warm = time.perf_counter() - start
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -62,7 +65,7 @@ def throughput(model, images, labels, warmup: int, steps: int, repeats: int) -> 
             logs = model.train_on_batch(images, labels, return_dict=True)
         float(logs["loss"])  # the last step has finished
         rates.append(steps * len(images) / (time.perf_counter() - start))
-    return statistics.median(rates)
+    return warm, statistics.median(rates)
 
 
 def cost(model, size: int) -> tuple[int, float]:
@@ -100,7 +103,7 @@ def main(argv=None):
         images, labels = batch(args.batch_size, size)
         base = None
         for name in args.models:
-            rate = throughput(build(name, task), images, labels, args.warmup, args.steps, args.repeats)
+            _, rate = throughput(build(name, task), images, labels, args.warmup, args.steps, args.repeats)
             base = base or rate
             print(f"{store:16s} {size}x{size}  {name:20s} {rate:8.1f} images/s  {rate / base:5.2f}x {args.models[0]}")
     if args.cost:
