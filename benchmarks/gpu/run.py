@@ -147,6 +147,13 @@ RUNS = [
       for name, model, preset, epochs in (
           ("cnn-pairs", "cnn", "modern-seq", 40),
           ("stn-pairs", "stn", "st-cnn-single", 20))),
+    # The CPU's 10-epoch mnist-pairs runs (README): `modern-seq-deep` (a fourth stage, final units
+    # seeing 93 pixels instead of 45) was ahead of `modern-seq` at every epoch; the same recipe on
+    # both multi-digit stores.
+    *(Run(f"{name}-cosine-wd-shift", dataset, "cnn", "modern-seq-deep", (), cosine(epochs, weight_decay=0.05, shift=shift))
+      for name, dataset, epochs, shift in (
+          ("cnn-deep-pairs", "mnist-pairs", 40, 4),
+          ("cnn-deep-seq", "mnist-sequences", 60, 2))),
     # The warm-up runs' policies ran into the image border once REINFORCE started (README): the
     # same with a leash on the means beyond the clip, two seeds.
     *(Run(f"dram-pairs-warmup-leash-seed{seed}", "mnist-pairs", "dram", "visatt-small",

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from visatt_models.cnn import CNN, CNNConfig
+from visatt_models.cnn import CNN, CNNConfig, apply_layers
 from visatt_models.tasks import DigitTask
 
 
@@ -109,3 +109,35 @@ def test_training_flag_reaches_dropout_and_batch_norm_in_a_stateless_call(arch):
         bn = [v.path for v in model.non_trainable_variables if "moving" in v.path]
         assert moved == (bn if training else []), f"training={training}: moving statistics updated: {moved}"
     assert not np.allclose(outputs[False], outputs[True])  # dropout (and batch statistics) act in training
+
+
+def test_the_deep_sequence_preset_relates_pixels_that_modern_seq_cannot():
+    """`modern-seq-deep` (README, mnist-pairs): its 7x7 final map on 100x100 has units that see 93
+    pixels across, where `modern-seq`'s 13x13 map sees 45: a change at columns 40-43 reaches the
+    deep map's first column (centred near pixel 3) but no column of modern-seq's centred more than
+    22 pixels away. With every BN scale at 1, as the residual branches start at 0."""
+    from visatt_models.registry import get_model_spec, make_config
+
+    spec = get_model_spec("cnn")
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 1, (1, 100, 100, 1)).astype("float32")
+    moved = image.copy()
+    moved[0, 48:52, 40:44, 0] += 1.0  # columns 40-43
+    changed = {}
+    for preset, side in (("modern-seq", 13), ("modern-seq-deep", 7)):
+        keras.utils.set_random_seed(0)
+        model = CNN(make_config(spec, preset=preset))
+        model(batch(n=1, size=100)[0])
+        for weight in model.weights:  # each residual branch's last BN starts at gamma = 0 (no reach yet)
+            if weight.path.endswith("gamma"):
+                weight.assign(keras.ops.ones(weight.shape))
+        convs = [layer for layer in model.features if not isinstance(layer, (keras.layers.Flatten, keras.layers.Dropout,
+                                                                               keras.layers.Dense))]
+        maps = [keras.ops.convert_to_numpy(apply_layers(convs, keras.ops.convert_to_tensor(x), False)) for x in (image, moved)]
+        assert maps[0].shape[1:3] == (side, side)
+        changed[preset] = np.abs(maps[1] - maps[0]).max(axis=(0, 1, 3)) > 0  # per final column
+    # modern-seq's receptive field: 45 pixels, its column j centred near pixel 8j + 3: columns 0-1 and
+    # 8-12 (centres 3-11 and 67-99, 22 pixels either side) cannot see columns 40-43.
+    assert changed["modern-seq"][2:8].all() and not changed["modern-seq"][:2].any() and not changed["modern-seq"][8:].any()
+    # The deep map's column j is centred near pixel 16j + 3, with 46 pixels either side: columns 0-5 see it.
+    assert changed["modern-seq-deep"][:6].all()
