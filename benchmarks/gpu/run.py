@@ -140,8 +140,8 @@ RUNS = [
     # shift on it too, for a later call.
     Run("ram-c60-cosine-wd-shift", "mnist-cluttered-60", "ram", "visatt-60", (),
         cosine(135, weight_decay=0.05, shift=4)),
-    # 12 glimpses beat 8 at every epoch of a 70-epoch CPU comparison (README): the same with 12, its
-    # epochs cut by the 1.5x cost per image.
+    # 12 glimpses beat 8 in a 70-epoch CPU comparison (README; the better val from epoch 31 on):
+    # the same with 12, its epochs cut by the 1.5x cost per image.
     Run("ram-c60-g12-cosine-wd-shift", "mnist-cluttered-60", "ram", "visatt-60", ("glimpses=12",),
         cosine(90, weight_decay=0.05, shift=4)),
     # mnist-pairs' CNN and ST-CNN target (issue 7) has no run yet: the shifted, weight-decayed recipe
