@@ -36,6 +36,10 @@ class ModelEntry:
     presets: dict[str, Preset]
 
 
+# The multi-digit CNN (`modern-seq`); `modern-seq-deep` changes only its widths.
+_MODERN_SEQ = {"arch": "modern", "widths": (16, 32, 64, 128), "pool": "flatten", "dense": 256, "dropout": 0.3,
+               "dense_dropout": 0.3}
+
 MODELS: dict[str, ModelEntry] = {
     "cnn": ModelEntry(
         "visatt_models.cnn", "CNN", "CNNConfig",
@@ -56,17 +60,15 @@ MODELS: dict[str, ModelEntry] = {
             "modern-seq": Preset(
                 "The multi-digit CNN: the `modern-small` backbone (16-32-64-128) with its final map flattened (where a "
                 "digit is tells its place in the number) into a dense layer of 256, dropout 0.3 before and after it.",
-                {"arch": "modern", "widths": (16, 32, 64, 128), "pool": "flatten", "dense": 256, "dropout": 0.3,
-                 "dense_dropout": 0.3},
+                _MODERN_SEQ,
             ),
-            # mnist-pairs (README): the final units of `modern-seq` see 45x45 pixels, less than the
-            # distance between two digits on a 100x100 canvas; a fourth stage makes it 93x93.
+            # mnist-pairs (README): the final units of `modern-seq` see 45x45 pixels, less than two
+            # digits on a 100x100 canvas may be apart; a fourth stage makes it 93x93.
             "modern-seq-deep": Preset(
                 "`modern-seq` with a fourth stage of 256 (16-32-64-128-256): the final map is 7x7 on 100x100, and "
                 "each of its units sees 93x93 pixels instead of 45x45, enough to relate the two digits of "
                 "`mnist-pairs`.",
-                {"arch": "modern", "widths": (16, 32, 64, 128, 256), "pool": "flatten", "dense": 256, "dropout": 0.3,
-                 "dense_dropout": 0.3},
+                {**_MODERN_SEQ, "widths": (16, 32, 64, 128, 256)},
             ),
         },
     ),
