@@ -105,4 +105,7 @@ def test_presets_build():
     out = STN(registry.make_config(spec, preset="zoom-100"))(np.zeros((1, 100, 100, 1), np.uint8))
     assert tuple(out["transformed"].shape) == (1, 50, 50, 1)
     np.testing.assert_allclose(np.asarray(out["theta"])[0], [[0.5, 0, 0], [0, 0.5, 0]])
+    out = STN(registry.make_config(spec, preset="zoom-60"))(np.zeros((1, 60, 60, 1), np.uint8))
+    assert tuple(out["transformed"].shape) == (1, 30, 30, 1)
+    np.testing.assert_allclose(np.asarray(out["theta"])[0], [[0.5, 0, 0], [0, 0.5, 0]])
     assert registry.make_config(spec, preset="identity") == STNConfig()
