@@ -104,8 +104,8 @@ MODELS: dict[str, ModelEntry] = {
             "zoom-100": Preset("For 100x100 canvases: starts on the central 50x50 pixels at full resolution (zoom 0.5 "
                                "onto a 50x50 output).", {"init": "zoom", "zoom": 0.5, "output_size": (50, 50)}),
             "zoom-60": Preset("Our recipe for 60x60 cluttered digits: starts on the central 30x30 pixels at full "
-                              "resolution (zoom 0.5 onto a 30x30 output: the classifier sees no more than one digit's "
-                              "cell, so the transform must find it), dropout 0.5 before the heads.",
+                              "resolution (zoom 0.5 onto a 30x30 output: the classifier starts out seeing about one "
+                              "digit's cell, so the transform must find the digit), dropout 0.5 before the heads.",
                               {"init": "zoom", "zoom": 0.5, "output_size": (30, 30), "dropout": 0.5}),
             "st-cnn-single": Preset(
                 "ST-CNN Single for multi-digit images: a 3-conv localisation network, then the classifier of "
