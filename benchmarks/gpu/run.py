@@ -138,8 +138,8 @@ RUNS = [
           ("stn-c60", "mnist-cluttered-60", "stn", None, 90, 4))),
     # On the whole training set the shift alone did not stop STN's overfitting (a 40-epoch CPU run
     # reached train accuracy 0.996 by epoch 21 at val 0.973); `--preset zoom-60` (a 30x30 output
-    # that must find the digit, dropout 0.5) gave 1.59% in 25 CPU epochs and 1.45% in 35 (README). The same recipe,
-    # planned like stn-c60-cosine-wd-shift.
+    # that must find the digit, dropout 0.5) gave 1.59% in 25 CPU epochs and 1.45% in 35 (README).
+    # The same recipe, planned like stn-c60-cosine-wd-shift.
     Run("stn-c60-zoom-cosine-wd-shift", "mnist-cluttered-60", "stn", "zoom-60", (),
         cosine(90, weight_decay=0.05, shift=4)),
     # RAM's cosine run ends with train accuracy 0.978 against val 0.956 (second H200 session): the
