@@ -55,6 +55,10 @@ class CNNConfig:
         layer (or the heads).
     dense_dropout: dropout after the hidden dense layer (seed: 0.5).
     blocks: modern only: basic blocks per stage.
+    coords: append two channels holding each pixel's row and column, from -1 to 1, to the input
+        (CoordConv, Liu et al. 2018): convolutions are translation equivariant and cannot tell
+        where they are; with the coordinates the features can carry a digit's exact position,
+        which reading order on `mnist-pairs` turns on (README, Results).
     """
 
     arch: Literal["seed", "modern"] = "seed"
@@ -64,6 +68,7 @@ class CNNConfig:
     dropout: float = 0.25
     dense_dropout: float = 0.5
     blocks: int = 1
+    coords: bool = False
 
     def __post_init__(self):
         if self.arch not in DEFAULT_WIDTHS:
@@ -186,6 +191,16 @@ def feature_layers(c: CNNConfig) -> list:
     return features
 
 
+def with_coordinates(x):
+    """x (B, H, W, C) -> (B, H, W, C + 2): its channels, then each pixel's row and column
+    coordinate, -1 at the first row (column) and 1 at the last."""
+    height, width = x.shape[1], x.shape[2]
+    rows = ops.reshape(ops.linspace(-1.0, 1.0, height), (1, height, 1, 1))
+    cols = ops.reshape(ops.linspace(-1.0, 1.0, width), (1, 1, width, 1))
+    ones = ops.ones_like(x[..., :1])  # (B, H, W, 1): the batch size, whatever the backend
+    return ops.concatenate([x, ones * ops.cast(rows, x.dtype), ones * ops.cast(cols, x.dtype)], axis=-1)
+
+
 def apply_layers(stack, x, training):
     """Run `stack` on x, passing `training` explicitly: Keras' call context does not reach
     sublayers when a trainer runs `call` directly (JAX's stateless train step does), and dropout
@@ -208,4 +223,6 @@ class CNN(VisattModel):
 
     def call(self, images, training=False):
         x = ops.cast(images, "float32") / 255.0  # (B, H, W, C) in [0, 1]
+        if self.config.coords:
+            x = with_coordinates(x)  # (B, H, W, C + 2)
         return self.classifier(apply_layers(self.features, x, training))  # the task's heads
