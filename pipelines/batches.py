@@ -16,7 +16,11 @@ every image (after cropping) is translated by (dy, dx), each drawn uniformly fro
 are; pixels moved in from outside are 0 (the MNIST stores' background) and pixels moved out
 are lost. The labels stay: a sequence keeps its reading order under a translation, but ink near
 the border can be cut (`mnist-sequences` shrinks strips of 3 or more digits to the full width,
-so keep k small there).
+so keep k small there). With `keep_ink` no ink is cut: each image's (dy, dx) is drawn uniformly
+from the shifts of at most k that keep all its non-zero pixels inside (from a uniform number
+per sample and axis, drawn as above, scaled onto that image's range), so a one-digit image of a
+64x64 store can move anywhere with a large k while a strip that fills the width stays put. It
+suits stores on a black background (the MNIST stores); on natural images nothing moves.
 
 Shuffling. The order of epoch `e` is drawn from its own generator,
 `default_rng(SeedSequence(seed, spawn_key=(SHUFFLE_KEY, e)))`, so it depends only on the run
@@ -52,6 +56,8 @@ class Batches(keras.utils.PyDataset):
         `random_crop`, else the centre crop; None: whole images.
     shift: translate each image by up to this many pixels in each direction (see the module
         docstring); 0: none.
+    keep_ink: with `shift`, draw each image's shift only among those that keep all its non-zero
+        pixels inside (see the module docstring).
     prefetch: gather up to this many batches ahead in a background thread (0: none).
     auto_epoch: move to the next epoch's order when Keras ends an epoch (`on_epoch_end`).
     endless: index batches by the global step from the start of `epoch` (batch i is batch
@@ -64,7 +70,7 @@ class Batches(keras.utils.PyDataset):
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                  drop_remainder: bool = False, crop: tuple[int, int] | None = None, random_crop: bool = False,
-                 shift: int = 0, endless: bool = False, auto_epoch: bool = False, prefetch: int = 0):
+                 shift: int = 0, keep_ink: bool = False, endless: bool = False, auto_epoch: bool = False, prefetch: int = 0):
         # Threads, never processes: zarr must not run in forked workers. With `prefetch`, Keras'
         # ordered enqueuer gathers up to that many batches ahead in a background thread while the
         # model steps (batches are still made one at a time, under a lock, in index order).
@@ -78,7 +84,10 @@ class Batches(keras.utils.PyDataset):
         self.crop, self.random_crop = check_crop(crop, split.info.image_shape), random_crop and crop is not None
         self._offsets = None  # (N, 2) random crop offsets of the current epoch
         self.shift = check_shift(shift, self.crop or split.info.image_shape[:2])
-        self._shifts = None  # (N, 2) (dy, dx) of the current epoch
+        self.keep_ink = bool(keep_ink)
+        if self.keep_ink and not self.shift:
+            raise ValueError("keep_ink needs a shift (> 0)")
+        self._shifts = None  # (N, 2) (dy, dx) of the current epoch; with keep_ink, uniform numbers in [0, 1)
         self.first_epoch, self.endless = epoch, endless
         self._epoch = None
         self._windows: dict[int, tuple] = {}  # window index -> (images, labels), at most 2 kept
@@ -130,7 +139,10 @@ class Batches(keras.utils.PyDataset):
             self._offsets = crop_rng.integers(0, [height - h + 1, width - w + 1], size=(len(split), 2))  # (N, 2)
         if self.shift:
             shift_rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(SHIFT_KEY, epoch)))
-            self._shifts = shift_rng.integers(-self.shift, self.shift + 1, size=(len(split), 2))  # (N, 2)
+            if self.keep_ink:
+                self._shifts = shift_rng.random(size=(len(split), 2))  # (N, 2), scaled per image in _batch
+            else:
+                self._shifts = shift_rng.integers(-self.shift, self.shift + 1, size=(len(split), 2))  # (N, 2)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:  # the epoch order and the window cache are shared state
@@ -155,7 +167,10 @@ class Batches(keras.utils.PyDataset):
             offsets = self._offsets[self._order_index[sl]] if self.random_crop else None
             images = crop_images(images, self.crop, offsets)
         if self.shift:
-            images = shift_images(images, self._shifts[self._order_index[sl]])
+            shifts = self._shifts[self._order_index[sl]]
+            if self.keep_ink:
+                shifts = ink_keeping_shifts(images, self.shift, shifts)
+            images = shift_images(images, shifts)
         return images, np.concatenate(labels)
 
     def on_epoch_end(self) -> None:
@@ -201,6 +216,22 @@ def check_shift(shift, size) -> int:
     if not 0 <= shift < min(size[0], size[1]):
         raise ValueError(f"shift {shift} must be in 0..{min(size[0], size[1]) - 1} for {size[0]}x{size[1]} images")
     return shift
+
+
+def ink_keeping_shifts(images: np.ndarray, shift: int, uniform: np.ndarray) -> np.ndarray:
+    """(dy, dx) per image (B, 2): `uniform` (B, 2) numbers in [0, 1) mapped onto the shifts of at
+    most `shift` pixels that keep every non-zero pixel of images (B, H, W, C) inside; an empty
+    image may move by up to `shift`."""
+    ink = images.max(axis=-1) > 0  # (B, H, W)
+    out = np.empty(uniform.shape, np.int64)
+    for axis, (lines, u) in enumerate(((ink.any(axis=2), uniform[:, 0]), (ink.any(axis=1), uniform[:, 1]))):
+        size = lines.shape[1]  # lines (B, size): which rows (columns) hold ink
+        first = np.where(lines.any(axis=1), lines.argmax(axis=1), size)  # no ink: as if beyond both ends
+        last = np.where(lines.any(axis=1), size - 1 - lines[:, ::-1].argmax(axis=1), -1)
+        low = np.maximum(-shift, -first)  # up (left) by at most `first` pixels
+        high = np.minimum(shift, size - 1 - last)  # down (right) by at most the margin after `last`
+        out[:, axis] = low + np.minimum(np.floor(u * (high - low + 1)).astype(np.int64), high - low)
+    return out
 
 
 def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:

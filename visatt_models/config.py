@@ -38,6 +38,10 @@ class TrainConfig:
     shift: translate every training image (after cropping) by (dy, dx), each drawn uniformly
         from -shift..shift per (seed, epoch, sample index), zero-filled; evaluation sees the
         images as they are; 0: none.
+    shift_keep_ink: draw each image's shift only among those of at most `shift` that keep all
+        its non-zero pixels inside (`pipelines.batches`): no digit is cut, and where a store's
+        images leave room (one digit on a 64x64 `mnist-sequences` canvas) a large `shift` moves
+        them far.
     schedule: the learning rate per optimizer step (`train.make_schedule`):
         constant  `lr` throughout;
         cosine    linear warm-up from 0 over `warmup_epochs`, then a cosine from `lr` down to
@@ -71,6 +75,7 @@ class TrainConfig:
     global_clipnorm: float | None = None
     weight_decay: float = 0.0
     shift: int = 0
+    shift_keep_ink: bool = False
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine", "step"):
@@ -92,6 +97,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
         if isinstance(self.shift, bool) or not (isinstance(self.shift, int) and self.shift >= 0):
             raise ValueError(f"shift must be a whole number of pixels >= 0, got {self.shift!r}")
+        if self.shift_keep_ink and not self.shift:
+            raise ValueError("shift_keep_ink (--keep-ink) needs a shift (--shift K, K > 0)")
         if self.crop is not None:
             object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
             if len(self.crop) != 2 or min(self.crop) < 1:

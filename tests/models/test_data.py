@@ -186,6 +186,46 @@ def test_random_shifts_depend_on_seed_epoch_and_sample_only(store):
         Batches(split, 64, shuffle=True, shift=2.5)
 
 
+def test_ink_keeping_shifts_cover_exactly_the_shifts_that_cut_nothing():
+    from pipelines.batches import ink_keeping_shifts
+
+    images = np.zeros((2, 10, 10, 1), np.uint8)
+    images[0, 2:5, 7:9] = 9  # ink in rows 2-4 and columns 7-8; image 1 is empty
+    u = np.linspace(0, 1, 1000, endpoint=False)
+    dy = [ink_keeping_shifts(images, 5, np.array([[v, 0.5], [v, 0.5]]))[:, 0] for v in u]
+    dx = [ink_keeping_shifts(images, 5, np.array([[0.5, v], [0.5, v]]))[:, 1] for v in u]
+    dy, dx = np.array(dy), np.array(dx)  # (1000, 2)
+    # Up by at most 2 (row 2 reaches the top), down by 5 (the shift; row 4 could go 5 further);
+    # left by 5 (the shift), right by at most 1 (column 8 reaches the edge); each equally often.
+    for values, low, high in ((dy[:, 0], -2, 5), (dx[:, 0], -5, 1), (dy[:, 1], -5, 5), (dx[:, 1], -5, 5)):
+        found, counts = np.unique(values, return_counts=True)
+        np.testing.assert_array_equal(found, np.arange(low, high + 1))
+        assert counts.max() - counts.min() <= 1
+    assert (dy[:, 0] == np.sort(dy[:, 0])).all()  # monotone in the uniform number
+
+
+def test_keep_ink_shifts_move_far_but_cut_nothing(store):
+    split = Split(open_store(store), "val")  # 300 MNIST digits on 28x28: about 4 pixels of margin
+
+    def shifted(seed, epoch, keep_ink, shift=10):
+        return epoch_samples(Batches(split, 64, shuffle=True, seed=seed, epoch=epoch, shift=shift, keep_ink=keep_ink))[0]
+
+    plain = epoch_samples(Batches(split, 64, shuffle=True, seed=1, epoch=5))[0]
+    kept = shifted(1, 5, True)
+    ink = plain.reshape(300, -1).sum(1, dtype=np.int64)
+    np.testing.assert_array_equal(kept.reshape(300, -1).sum(1, dtype=np.int64), ink)  # nothing cut
+    assert (shifted(1, 5, False).reshape(300, -1).sum(1, dtype=np.int64) < ink).any()  # a plain shift of 10 cuts
+    assert (kept != plain).reshape(300, -1).any(1).mean() > 0.9  # and most images moved
+    np.testing.assert_array_equal(shifted(1, 5, True), kept)
+    assert not np.array_equal(shifted(1, 6, True), kept)
+    with pytest.raises(ValueError, match="keep_ink needs a shift"):
+        Batches(split, 64, shuffle=True, keep_ink=True)
+    from visatt_models.config import TrainConfig
+
+    with pytest.raises(ValueError, match="needs a shift"):
+        TrainConfig(shift_keep_ink=True)
+
+
 def test_evaluation_crops_the_centre(store):
     split = Split(open_store(store), "test")
     images, _ = split.arrays
