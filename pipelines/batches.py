@@ -70,7 +70,8 @@ class Batches(keras.utils.PyDataset):
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                  drop_remainder: bool = False, crop: tuple[int, int] | None = None, random_crop: bool = False,
-                 shift: int = 0, keep_ink: bool = False, endless: bool = False, auto_epoch: bool = False, prefetch: int = 0):
+                 shift: int = 0, keep_ink: bool = False, endless: bool = False, auto_epoch: bool = False,
+                 prefetch: int = 0):
         # Threads, never processes: zarr must not run in forked workers. With `prefetch`, Keras'
         # ordered enqueuer gathers up to that many batches ahead in a background thread while the
         # model steps (batches are still made one at a time, under a lock, in index order).
