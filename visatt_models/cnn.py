@@ -55,13 +55,6 @@ class CNNConfig:
         layer (or the heads).
     dense_dropout: dropout after the hidden dense layer (seed: 0.5).
     blocks: modern only: basic blocks per stage.
-    ink_coords: append two channels to the input: the ink (the mean of the channels) times each
-        pixel's row and column coordinate, from -1 to 1. Convolutions are translation equivariant
-        and cannot tell where they are; with these the features can carry a digit's exact
-        position, which reading order on `mnist-pairs` turns on (README, Results). Unlike
-        CoordConv's plain coordinate channels (Liu et al. 2018), which are dense ramps that swamp
-        the sparse digits in the stem's batch norm (tried on `mnist-pairs`: val sequence accuracy
-        0.06 after one epoch against 0.69 without), they are zero where the canvas is empty.
     """
 
     arch: Literal["seed", "modern"] = "seed"
@@ -71,7 +64,6 @@ class CNNConfig:
     dropout: float = 0.25
     dense_dropout: float = 0.5
     blocks: int = 1
-    ink_coords: bool = False
 
     def __post_init__(self):
         if self.arch not in DEFAULT_WIDTHS:
@@ -194,16 +186,6 @@ def feature_layers(c: CNNConfig) -> list:
     return features
 
 
-def with_ink_coordinates(x):
-    """x (B, H, W, C) -> (B, H, W, C + 2): its channels, then the ink (the channels' mean) times
-    each pixel's row and column coordinate, -1 at the first row (column) and 1 at the last."""
-    height, width = x.shape[1], x.shape[2]
-    rows = ops.cast(ops.reshape(ops.linspace(-1.0, 1.0, height), (1, height, 1, 1)), x.dtype)
-    cols = ops.cast(ops.reshape(ops.linspace(-1.0, 1.0, width), (1, 1, width, 1)), x.dtype)
-    ink = ops.mean(x, axis=-1, keepdims=True)  # (B, H, W, 1)
-    return ops.concatenate([x, ink * rows, ink * cols], axis=-1)
-
-
 def apply_layers(stack, x, training):
     """Run `stack` on x, passing `training` explicitly: Keras' call context does not reach
     sublayers when a trainer runs `call` directly (JAX's stateless train step does), and dropout
@@ -226,6 +208,4 @@ class CNN(VisattModel):
 
     def call(self, images, training=False):
         x = ops.cast(images, "float32") / 255.0  # (B, H, W, C) in [0, 1]
-        if self.config.ink_coords:
-            x = with_ink_coordinates(x)  # (B, H, W, C + 2)
         return self.classifier(apply_layers(self.features, x, training))  # the task's heads
