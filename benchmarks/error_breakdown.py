@@ -10,12 +10,15 @@ digits, in the wrong order). The boxes are the store's (top, left, height, width
 """
 
 import argparse
+import contextlib
 
 import numpy as np
 import zarr
 
-from visatt_models.evaluate import predictions
+from visatt_models.data import open_store
+from visatt_models.evaluate import deterministic_policy, predictions
 from visatt_models.inference import load_run
+from visatt_models.train import check_same_data
 
 GAP_BUCKETS = ((0, 0), (1, 1), (2, 2), (3, 5), (6, None))
 
@@ -52,12 +55,14 @@ def main():
     model = load_run(args.run)
     if model.task.kind != "sequence":
         raise SystemExit(f"{args.run}: a {model.task.kind} run; this breakdown is for sequence stores")
-    group = zarr.open_group(args.store or model.run_spec.store, mode="r")[args.split]
-    images, labels, lengths, boxes = (group[name][:] for name in ("images", "labels", "lengths", "boxes"))
-    crop = model.run_spec.train.crop
-    if crop is not None:
+    if model.run_spec.train.crop is not None:
         raise SystemExit(f"{args.run}: cropped runs are not supported (the boxes would need the crop)")
-    predicted = np.concatenate([predictions(model, images[i:i + 256]) for i in range(0, len(images), 256)])
+    store = args.store or model.run_spec.store
+    check_same_data(model.run_spec.data, open_store(store))  # the dataset the run was trained on
+    group = zarr.open_group(store, mode="r")[args.split]
+    images, labels, lengths, boxes = (group[name][:] for name in ("images", "labels", "lengths", "boxes"))
+    with deterministic_policy(model) if model.stochastic else contextlib.nullcontext():
+        predicted = np.concatenate([predictions(model, images[i:i + 256]) for i in range(0, len(images), 256)])
     print("\n".join(breakdown(predicted, labels, lengths, boxes)))
 
 

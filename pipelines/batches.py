@@ -19,8 +19,10 @@ the border can be cut (`mnist-sequences` shrinks strips of 3 or more digits to t
 so keep k small there). With `keep_ink` no ink is cut: each image's (dy, dx) is drawn uniformly
 from the shifts of at most k that keep all its non-zero pixels inside (from a uniform number
 per sample and axis, drawn as above, scaled onto that image's range), so a one-digit image of a
-64x64 store can move anywhere with a large k while a strip that fills the width stays put. It
-suits stores on a black background (the MNIST stores); on natural images nothing moves.
+64x64 store can move anywhere with a large k while a strip that fills the width moves only up
+and down. It suits stores of digits on a black background without clutter (`mnist-sequences`,
+`mnist-pairs`, the translated sets): clutter counts as ink and pins a cluttered canvas, and on
+natural images nothing moves.
 
 Shuffling. The order of epoch `e` is drawn from its own generator,
 `default_rng(SeedSequence(seed, spawn_key=(SHUFFLE_KEY, e)))`, so it depends only on the run

@@ -140,8 +140,8 @@ class CropType(click.ParamType):
                    "evaluation sees the images as they are). 0: none.")
 @click.option("--keep-ink", "shift_keep_ink", is_flag=True,
               help="With --shift: draw each image's shift only among those that keep all its non-zero pixels "
-                   "inside, so no digit is cut and a large --shift moves small numbers far (stores on a black "
-                   "background: the MNIST stores).")
+                   "inside, so no digit is cut and a large --shift moves small numbers far (digits on a black "
+                   "background without clutter, which counts as ink: mnist-sequences, mnist-pairs).")
 @click.option("--memory-limit-mb", type=click.IntRange(1), default=_DEFAULTS.memory_limit // 2**20, show_default=True, help="Splits larger than this are streamed by chunks.")
 @click.option("--time-limit", "time_limit_min", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop after the last epoch expected to end within this many minutes, test the best checkpoint, "

@@ -97,6 +97,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
         if isinstance(self.shift, bool) or not (isinstance(self.shift, int) and self.shift >= 0):
             raise ValueError(f"shift must be a whole number of pixels >= 0, got {self.shift!r}")
+        if not isinstance(self.shift_keep_ink, bool):
+            raise ValueError(f"shift_keep_ink must be true or false, got {self.shift_keep_ink!r}")
         if self.shift_keep_ink and not self.shift:
             raise ValueError("shift_keep_ink (--keep-ink) needs a shift (--shift K, K > 0)")
         if self.crop is not None:

@@ -218,12 +218,27 @@ def test_keep_ink_shifts_move_far_but_cut_nothing(store):
     assert (kept != plain).reshape(300, -1).any(1).mean() > 0.9  # and most images moved
     np.testing.assert_array_equal(shifted(1, 5, True), kept)
     assert not np.array_equal(shifted(1, 6, True), kept)
+    assert not np.array_equal(shifted(2, 5, True), kept)
+    # A sample's shift follows its index in the split, not its batch or place in the epoch's order.
+    np.testing.assert_array_equal(
+        epoch_samples(Batches(split, 7, shuffle=True, seed=1, epoch=5, shift=10, keep_ink=True))[0], kept)
+    images = split.arrays[0]
+    unshuffled = epoch_samples(Batches(split, 64, shuffle=False, seed=1, epoch=5, shift=10, keep_ink=True))[0]
+    order = [next(i for i in range(len(images)) if np.array_equal(images[i], p)) for p in plain[:10]]
+    np.testing.assert_array_equal(unshuffled[order], kept[:10])
     with pytest.raises(ValueError, match="keep_ink needs a shift"):
         Batches(split, 64, shuffle=True, keep_ink=True)
     from visatt_models.config import TrainConfig
 
     with pytest.raises(ValueError, match="needs a shift"):
         TrainConfig(shift_keep_ink=True)
+    # A run recorded before the option existed loads with it off.
+    import dataclasses
+
+    from visatt_models.config import config_from_dict
+
+    older = {k: v for k, v in dataclasses.asdict(TrainConfig(shift=2)).items() if k != "shift_keep_ink"}
+    assert config_from_dict(TrainConfig, older) == TrainConfig(shift=2)
 
 
 def test_evaluation_crops_the_centre(store):

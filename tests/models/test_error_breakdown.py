@@ -31,3 +31,16 @@ def test_breakdown_counts_lengths_order_and_gaps():
         "closest left edges 1 px apart", "closest left edges 2 px apart", "closest left edges >= 6 px apart"]
     assert "n=1 (25.00% of all) error=1.0000 order only=1.0000 share of errors=0.50" in gaps[0]
     assert "error=0.0000" in gaps[1] and "error=0.0000" in gaps[2]
+
+
+def test_gap_buckets_edges():
+    """0 px, and 5 px against 6 px: the edges of the 3-5 and >= 6 buckets."""
+    labels = np.array([[1, 2, B, B, B]] * 3)
+    lengths = np.full(3, 2)
+    boxes = np.zeros((3, 5, 4), np.int32)
+    boxes[:, 0, 1] = 20
+    boxes[:, 1, 1] = [20, 25, 14]  # 0, 5 and 6 px apart
+    lines = error_breakdown.breakdown(labels.copy(), labels, lengths, boxes)[2:]
+    assert [line.split(":")[0] for line in lines] == [
+        "closest left edges 0 px apart", "closest left edges 3-5 px apart", "closest left edges >= 6 px apart"]
+    assert all("n=1 " in line for line in lines)

@@ -302,6 +302,10 @@ def test_a_shifted_run_records_its_shift_and_trains_on_other_images(cnn_run, sto
     bad = run(train_main, ["--store", store, "--out", tmp_path / "bad", "--shift", 40, *CNN], ok=False)
     assert bad.exit_code == 1 and "shift 40 must be in 0..39 for 40x40 images" in bad.output
     assert len(bad.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    kept = tmp_path / "kept"  # --keep-ink reaches the training batches: other images than --shift 2's
+    run(train_main, ["--store", store, "--out", kept, "--epochs", 1, "--limit", 48, "--shift", 2, "--keep-ink", *CNN])
+    assert load_run_spec(kept).train.shift_keep_ink and load_run_spec(kept).train.shift == 2
+    assert read_log(kept / "log.csv")[0]["loss"] != shifted["loss"]
     bad = run(train_main, ["--store", store, "--out", tmp_path / "bad", "--keep-ink", *CNN], ok=False)
     assert bad.exit_code == 1 and "needs a shift (--shift K, K > 0)" in bad.output and not (tmp_path / "bad").exists()
     refused = run(train_main, ["--out", out, "--resume", "--epochs", 2, "--keep-ink"], ok=False)
