@@ -27,22 +27,24 @@ def breakdown(predicted: np.ndarray, labels: np.ndarray, lengths: np.ndarray, bo
     """Table lines for predictions (N, 5) against labels (N, 5), lengths (N,), boxes (N, 5, 4)."""
     wrong = ~np.all(predicted == labels, axis=1)
     order_only = wrong & np.all(np.sort(predicted, axis=1) == np.sort(labels, axis=1), axis=1)
+
+    def share(s):  # the share of all errors that falls in bucket s
+        return wrong[s].sum() / max(wrong.sum(), 1)
+
     lines = [f"all: n={len(wrong)} error={wrong.mean():.4f} order only={order_only.mean():.4f}"]
     for length in np.unique(lengths):
         s = lengths == length
-        lines.append(f"length {length}: n={s.sum()} error={wrong[s].mean():.4f} "
-                     f"share of errors={wrong[s].sum() / max(wrong.sum(), 1):.2f}")
-    left = boxes[:, :, 1].astype(np.int64)
+        lines.append(f"length {length}: n={s.sum()} error={wrong[s].mean():.4f} share of errors={share(s):.2f}")
+    left = boxes[:, :, 1].astype(np.float64)
     present = np.arange(5)[None, :] < lengths[:, None]
-    gaps = np.where(present[:, 1:], np.abs(left[:, 1:] - left[:, :-1]), np.iinfo(np.int64).max)  # (N, 4)
-    closest = gaps.min(axis=1)  # the closest consecutive pair per number (max: one digit)
+    gaps = np.where(present[:, 1:], np.abs(left[:, 1:] - left[:, :-1]), np.inf)  # (N, 4)
+    closest = gaps.min(axis=1)  # the closest consecutive pair per number (inf: one digit)
     for lo, hi in GAP_BUCKETS:
-        s = (lengths > 1) & (closest >= lo) & (closest <= (hi if hi is not None else np.iinfo(np.int64).max - 1))
+        s = (lengths > 1) & (closest >= lo) & (closest <= (np.inf if hi is None else hi))
         if s.any():
             label = f"{lo}" if lo == hi else (f"{lo}-{hi}" if hi is not None else f">= {lo}")
             lines.append(f"closest left edges {label} px apart: n={s.sum()} ({s.mean():.2%} of all) "
-                         f"error={wrong[s].mean():.4f} order only={order_only[s].mean():.4f} "
-                         f"share of errors={wrong[s].sum() / max(wrong.sum(), 1):.2f}")
+                         f"error={wrong[s].mean():.4f} order only={order_only[s].mean():.4f} share of errors={share(s):.2f}")
     return lines
 
 
