@@ -87,6 +87,10 @@ class RAMConfig:
     std_start: float = 0.0
     std_anneal_steps: int = 0
     baseline_weight: float = 1.0
+    # Dropout in training, a regulariser against overfitting a frozen store: on every glimpse
+    # vector g_t before the core, and on h_T before the action network (0: none). Masks come from
+    # the layers' own seeded generators, saved with the model.
+    dropout: float = 0.0
     seed: int = 0  # weight initialisation and location sampling
 
     def __post_init__(self):
@@ -96,6 +100,8 @@ class RAMConfig:
                      "glimpse_size", "core_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         check_policy_config(self)
 
 
@@ -229,6 +235,8 @@ class RAM(AttentionModel):
             mean=config.location_mean, name="location_network")
         self.action_network = TaskHead(self.task, seed=seed + 8, name="action_network")  # f_a
         self.baseline_network = BaselineNetwork(seed=seed, name="baseline_network")
+        self.glimpse_dropout = layers.Dropout(config.dropout, seed=seed + 11, name="glimpse_dropout")
+        self.core_dropout = layers.Dropout(config.dropout, seed=seed + 12, name="core_dropout")
 
     def build(self, images_shape):
         """`images_shape`: (B, H, W, C)."""
@@ -252,13 +260,13 @@ class RAM(AttentionModel):
         for t in range(cfg.glimpses):
             l_t, log_pi, mu_t = self.location_network(h_t, noise[:, t], std=std)  # (B, 2), (B,), (B, 2)
             baselines.append(self.baseline_network(h_t))  # b_t: (B,)
-            g_t = self.glimpse_network(x, l_t)  # (B, glimpse_size)
+            g_t = self.glimpse_dropout(self.glimpse_network(x, l_t), training=training)  # (B, glimpse_size)
             h_t, states = self.core_network(g_t, states)  # h_{t+1}: (B, core_size)
             locations.append(l_t)
             means.append(mu_t)
             log_pis.append(log_pi)
         return {
-            **self.action_network(h_t),  # the task's heads from h_T
+            **self.action_network(self.core_dropout(h_t, training=training)),  # the task's heads from h_T
             "locations": ops.stack(locations, axis=1),  # (B, T, 2)
             "means": ops.stack(means, axis=1),  # (B, T, 2)
             "log_pi": ops.stack(log_pis, axis=1),  # (B, T)

@@ -354,3 +354,29 @@ def test_a_location_leash_pulls_a_mean_past_the_clip_back(batch):
     after = np.abs(np.asarray(model(images, deterministic=True)["means"])).mean()
     assert after < before - 0.2
     assert history["means_outside"][0] > 0.5 and history["leash_loss"][-1] < history["leash_loss"][0]
+
+
+def test_dropout_acts_in_training_only_and_its_masks_survive_saving(batch, tmp_path):
+    images, labels = batch
+    model = RAM(dataclasses.replace(TINY, dropout=0.5))
+    plain = RAM(TINY)
+
+    def logits(m, training):  # at the policy means, so any difference between calls is dropout's
+        return np.asarray(m(images, training=training, deterministic=True)["logits"])
+
+    np.testing.assert_array_equal(logits(model, False), logits(model, False))
+    np.testing.assert_allclose(logits(model, False), logits(plain, False), rtol=1e-5, atol=1e-6)
+    masked = logits(model, True)
+    assert not np.allclose(masked, logits(model, False))
+    assert not np.allclose(masked, logits(model, True))  # a fresh mask per call
+    fit_one_step(model, images, labels)
+    path = tmp_path / "ram.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(logits(model, True), logits(loaded, True))
+
+
+def test_config_rejects_a_dropout_outside_0_1():
+    for rate in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="dropout"):
+            RAMConfig(dropout=rate)
