@@ -44,6 +44,7 @@ from visatt_models.attention import (
     reinforce_terms,
     seeded_dense,
 )
+from visatt_models.base import weighted_mean
 from visatt_models.tasks import TaskHead
 
 
@@ -91,6 +92,12 @@ class RAMConfig:
     # vector g_t before the core, and on h_T before the action network (0: none). Masks come from
     # the layers' own seeded generators, saved with the model.
     dropout: float = 0.0
+    # > 0: in training, a second rollout glimpses at the policy means (no sampling, as the
+    # deterministic evaluation does), and its task loss times this weight joins the loss (the
+    # `mean_path_ce` metric), so the classifier also learns the path it is tested on at the means.
+    # Twice the compute per step. Its gradient reaches the glimpse, core and action networks, not
+    # the location network (the locations are stop-gradient'ed). 0: one sampled rollout.
+    mean_path_weight: float = 0.0
     seed: int = 0  # weight initialisation and location sampling
 
     def __post_init__(self):
@@ -102,6 +109,8 @@ class RAMConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.mean_path_weight >= 0:
+            raise ValueError(f"mean_path_weight must be >= 0, got {self.mean_path_weight}")
         check_policy_config(self)
 
 
@@ -237,6 +246,7 @@ class RAM(AttentionModel):
         self.baseline_network = BaselineNetwork(seed=seed, name="baseline_network")
         self.glimpse_dropout = layers.Dropout(config.dropout, seed=seed + 11, name="glimpse_dropout")
         self.core_dropout = layers.Dropout(config.dropout, seed=seed + 12, name="core_dropout")
+        self.mean_path_tracker = keras.metrics.Mean(name="mean_path_ce") if config.mean_path_weight else None
 
     def build(self, images_shape):
         """`images_shape`: (B, H, W, C)."""
@@ -281,9 +291,17 @@ class RAM(AttentionModel):
             baseline  = mean_bt (b_t - R)^2
 
         Each term and the task's metrics (accuracy = mean R on a digit task) are tracked.
+        With `mean_path_weight` w > 0, training adds w * mean_b task loss of a rollout at the
+        policy means (`mean_path_ce`), from a second call on the same images `x`.
         """
         ce, reward = self.task_loss(y, y_pred, sample_weight)  # (B,), (B,)
         log_pi = y_pred["log_pi"]  # (B, T)
         rewards = ops.broadcast_to(reward[:, None], ops.shape(log_pi))  # R credited to every step
         reinforce, baseline_mse = reinforce_terms(log_pi, rewards, y_pred["baseline"])  # (B,), (B,)
-        return self.hybrid_loss(ce, reinforce, baseline_mse, sample_weight, training, y_pred.get("means"))
+        loss = self.hybrid_loss(ce, reinforce, baseline_mse, sample_weight, training, y_pred.get("means"))
+        if training and self.mean_path_tracker is not None:
+            at_means = self(x, training=True, deterministic=True)
+            mean_path_ce = weighted_mean(self.task.loss(y, at_means), sample_weight)
+            self.mean_path_tracker.update_state(mean_path_ce)
+            loss = loss + self.config.mean_path_weight * mean_path_ce
+        return loss

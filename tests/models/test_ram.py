@@ -380,3 +380,37 @@ def test_config_rejects_a_dropout_outside_0_1():
     for rate in (-0.1, 1.0):
         with pytest.raises(ValueError, match="dropout"):
             RAMConfig(dropout=rate)
+
+
+def test_the_mean_path_term_is_the_task_loss_at_the_means(batch):
+    images, labels = batch
+    config = dataclasses.replace(TINY, ce_weight=0.5, reinforce_weight=2.0, baseline_weight=3.0,
+                                 mean_path_weight=0.7)
+    model, plain = RAM(config), RAM(dataclasses.replace(config, mean_path_weight=0.0))
+    y_pred = model(images)
+    at_means = model(images, deterministic=True)
+    expected_extra = float(np.mean(np.asarray(model.task.loss(labels, at_means))))
+    hybrid = float(plain.compute_loss(x=images, y=labels, y_pred=y_pred))
+    loss = float(model.compute_loss(x=images, y=labels, y_pred=y_pred))
+    assert expected_extra > 0
+    assert loss == pytest.approx(hybrid + 0.7 * expected_extra, rel=1e-5)
+    metrics = {m.name: float(m.result()) for m in model.metrics}
+    assert metrics["mean_path_ce"] == pytest.approx(expected_extra, rel=1e-5)
+    # Not in evaluation: the loss there is the hybrid loss alone.
+    assert float(model.compute_loss(x=images, y=labels, y_pred=y_pred, training=False)) == pytest.approx(
+        float(plain.compute_loss(x=images, y=labels, y_pred=y_pred, training=False)), rel=1e-5)
+
+
+def test_the_mean_path_term_alone_trains_the_classifier_not_the_policy(batch):
+    images, labels = batch
+    model = RAM(dataclasses.replace(TINY, ce_weight=0.0, reinforce_weight=0.0, baseline_weight=0.0,
+                                    mean_path_weight=1.0))
+    model(images)
+    location, baseline = weights_of(model.location_network), weights_of(model.baseline_network)
+    core, action = weights_of(model.core_network), weights_of(model.action_network)
+    history = fit_one_step(model, images, labels).history
+    assert history["mean_path_ce"][0] > 0
+    assert not changed(location, weights_of(model.location_network))
+    assert not changed(baseline, weights_of(model.baseline_network))
+    assert changed(core, weights_of(model.core_network))
+    assert changed(action, weights_of(model.action_network))
