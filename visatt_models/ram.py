@@ -292,16 +292,18 @@ class RAM(AttentionModel):
 
         Each term and the task's metrics (accuracy = mean R on a digit task) are tracked.
         With `mean_path_weight` w > 0, training adds w * mean_b task loss of a rollout at the
-        policy means (`mean_path_ce`), from a second call on the same images `x`.
+        policy means (`mean_path_ce`, tracked in evaluation too, where it is not added), from a second
+        call on the same images `x`.
         """
         ce, reward = self.task_loss(y, y_pred, sample_weight)  # (B,), (B,)
         log_pi = y_pred["log_pi"]  # (B, T)
         rewards = ops.broadcast_to(reward[:, None], ops.shape(log_pi))  # R credited to every step
         reinforce, baseline_mse = reinforce_terms(log_pi, rewards, y_pred["baseline"])  # (B,), (B,)
         loss = self.hybrid_loss(ce, reinforce, baseline_mse, sample_weight, training, y_pred.get("means"))
-        if training and self.mean_path_tracker is not None:
-            at_means = self(x, training=True, deterministic=True)
+        if self.mean_path_tracker is not None and x is not None:
+            at_means = self(x, training=training, deterministic=True)
             mean_path_ce = weighted_mean(self.task.loss(y, at_means), sample_weight)
-            self.mean_path_tracker.update_state(mean_path_ce)
-            loss = loss + self.config.mean_path_weight * mean_path_ce
+            self.mean_path_tracker.update_state(mean_path_ce)  # in evaluation too, for the log
+            if training:
+                loss = loss + self.config.mean_path_weight * mean_path_ce
         return loss

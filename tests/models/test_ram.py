@@ -396,9 +396,11 @@ def test_the_mean_path_term_is_the_task_loss_at_the_means(batch):
     assert loss == pytest.approx(hybrid + 0.7 * expected_extra, rel=1e-5)
     metrics = {m.name: float(m.result()) for m in model.metrics}
     assert metrics["mean_path_ce"] == pytest.approx(expected_extra, rel=1e-5)
-    # Not in evaluation: the loss there is the hybrid loss alone.
+    # In evaluation the term is tracked, not added: the loss there is the hybrid loss alone.
+    model.mean_path_tracker.reset_state()
     assert float(model.compute_loss(x=images, y=labels, y_pred=y_pred, training=False)) == pytest.approx(
         float(plain.compute_loss(x=images, y=labels, y_pred=y_pred, training=False)), rel=1e-5)
+    assert float(model.mean_path_tracker.result()) == pytest.approx(expected_extra, rel=1e-5)
 
 
 def test_the_mean_path_term_alone_trains_the_classifier_not_the_policy(batch):
