@@ -96,7 +96,8 @@ class RAMConfig:
     # deterministic evaluation does), and its task loss times this weight joins the loss (the
     # `mean_path_ce` metric), so the classifier also learns the path it is tested on at the means.
     # Twice the compute per step. Its gradient reaches the glimpse, core and action networks, not
-    # the location network (the locations are stop-gradient'ed). 0: one sampled rollout.
+    # the location network (the locations are stop-gradient'ed). With `dropout` that rollout is
+    # dropped out too (it is a training pass). 0: one sampled rollout.
     mean_path_weight: float = 0.0
     seed: int = 0  # weight initialisation and location sampling
 
@@ -300,10 +301,13 @@ class RAM(AttentionModel):
         rewards = ops.broadcast_to(reward[:, None], ops.shape(log_pi))  # R credited to every step
         reinforce, baseline_mse = reinforce_terms(log_pi, rewards, y_pred["baseline"])  # (B,), (B,)
         loss = self.hybrid_loss(ce, reinforce, baseline_mse, sample_weight, training, y_pred.get("means"))
-        if self.mean_path_tracker is not None and x is not None:
+        if self.mean_path_tracker is not None:
+            if x is None:
+                raise ValueError("mean_path_weight > 0 needs the images: call compute_loss(x=images, ...)")
             at_means = self(x, training=training, deterministic=True)
             mean_path_ce = weighted_mean(self.task.loss(y, at_means), sample_weight)
-            self.mean_path_tracker.update_state(mean_path_ce)  # in evaluation too, for the log
+            # In evaluation too, for the log (the trainer validates at the means, where it equals val_ce_loss).
+            self.mean_path_tracker.update_state(mean_path_ce)
             if training:
                 loss = loss + self.config.mean_path_weight * mean_path_ce
         return loss

@@ -456,6 +456,16 @@ def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+# Training options whose `visatt-train` flag is not the field's name.
+_FLAGS = {"shift_keep_ink": "keep-ink", "mc_samples": "mc"}
+
+
+def _flag(key: str, value) -> str:
+    """A training option as its `visatt-train` flag: `--keep-ink` for a true switch, `--epochs 90`."""
+    name = "--" + _FLAGS.get(key, key.replace("_", "-"))
+    return name if value is True else f"{name} {value}"
+
+
 def markdown(summary: dict) -> str:
     """The runs of a summary as a README table: test error in % (single sampled pass / at the
     policy means / Monte-Carlo for RAM and DRAM), the settings as `visatt-train` options (those of
@@ -468,7 +478,7 @@ def markdown(summary: dict) -> str:
         run = known.get(r["name"])
         settings = ([f"--preset {r['preset']}"] if r.get("preset") else []) + [f"--set {o}" for o in r.get("overrides", [])]
         given = r["options"].items() if "options" in r else (run.options if run is not None else ())
-        settings += [f"--{k.replace('_', '-')} {v}" for k, v in given]
+        settings += [_flag(k, v) for k, v in given if v is not False]
         metric = "test_sequence_error" if "test_sequence_error" in r else "test_error"
         if metric in r:
             errors = " / ".join(_percent(r.get(metric + suffix)) for suffix in

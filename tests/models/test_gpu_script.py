@@ -60,7 +60,8 @@ def test_the_results_table_gives_each_run_its_settings_and_figures():
     gpu_run = load_gpu_run()
     summary = {"runs": [
         {"device": "1 x GPU", "backend": "jax", "exit": 0, "train_images_per_s": 12345.6, "name": "ram-c60-cosine", "dataset": "mnist-cluttered-60", "model": "ram", "preset": "visatt-60",
-         "overrides": [], "options": {"schedule": "cosine", "epochs": 135}, "epochs_completed": 135, "best_epoch": 119,
+         "overrides": [], "options": {"schedule": "cosine", "epochs": 135, "shift_keep_ink": True, "mc_samples": 10},
+         "epochs_completed": 135, "best_epoch": 119,
          "test_error": 0.0435, "test_error_det": 0.0416, "test_error_mc": 0.0273},
         {"name": "crashed", "dataset": "mnist-pairs", "model": "cnn", "preset": None, "overrides": [], "options": {},
          "exit": 1},
@@ -68,7 +69,7 @@ def test_the_results_table_gives_each_run_its_settings_and_figures():
          "options": {}, "exit": -15, "last_epoch": {"epoch": 7.0, "val_sequence_accuracy": 0.5, "lr": 0.001}},
     ]}
     lines = gpu_run.markdown(summary).splitlines()
-    assert lines[2] == ("| `ram-c60-cosine` | `mnist-cluttered-60` | ram | `--preset visatt-60 --schedule cosine --epochs 135` "
+    assert lines[2] == ("| `ram-c60-cosine` | `mnist-cluttered-60` | ram | `--preset visatt-60 --schedule cosine --epochs 135 --keep-ink --mc 10` "
                         "| 135 (119) | 4.35 / 4.16 / 2.73 | 12,346 | 0 |")
     assert lines[3] == "| `crashed` | `mnist-pairs` | cnn | `defaults` | ? (-) | not tested (no epoch logged) | - | 1 |"
     assert lines[4] == ("| `dram-x` | `mnist-pairs` | dram | `--set scales=4` | 7 (-) "

@@ -416,3 +416,12 @@ def test_the_mean_path_term_alone_trains_the_classifier_not_the_policy(batch):
     assert not changed(baseline, weights_of(model.baseline_network))
     assert changed(core, weights_of(model.core_network))
     assert changed(action, weights_of(model.action_network))
+
+
+def test_dropout_and_the_mean_path_train_together_and_need_the_images(batch):
+    images, labels = batch
+    model = RAM(dataclasses.replace(TINY, dropout=0.3, mean_path_weight=0.5))
+    history = fit_one_step(model, images, labels).history
+    assert np.isfinite(history["loss"][0]) and history["mean_path_ce"][0] > 0
+    with pytest.raises(ValueError, match="needs the images"):
+        model.compute_loss(y=labels, y_pred=model(images))
