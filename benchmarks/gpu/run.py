@@ -94,7 +94,7 @@ RUNS = [
     # The ablation: REINFORCE never starts (the emission network keeps its initial weights).
     Run("dram-pairs-no-policy", "mnist-pairs", "dram", "visatt-small",
         ("emissions=3", "scales=4", "policy_warmup_steps=1000000000")),
-    # More seeds of both, for the next session (one run of each is no comparison: see README).
+    # More seeds of both, for the next session (one run of each is no comparison: see docs/results.md).
     *(Run(f"dram-pairs-warmup-seed{seed}", "mnist-pairs", "dram", "visatt-small",
           ("emissions=3", "scales=4", WARMUP), (("seed", seed),)) for seed in (1, 2)),
     *(Run(f"dram-pairs-no-policy-seed{seed}", "mnist-pairs", "dram", "visatt-small",
