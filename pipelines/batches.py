@@ -22,7 +22,9 @@ per sample and axis, drawn as above, scaled onto that image's range), so a one-d
 64x64 store can move anywhere with a large k while a strip that fills the width moves only up
 and down. It suits stores of digits on a black background without clutter (`mnist-sequences`,
 `mnist-pairs`, the translated sets): clutter counts as ink and pins a cluttered canvas, and on
-natural images nothing moves.
+natural images nothing moves. `ink_floor=f` (at most k) lets every image still move by up to f
+each way, cutting ink where it must: a strip that fills the width then moves by up to f
+sideways instead of not at all, while shorter numbers keep their ink-keeping range.
 
 Shuffling. The order of epoch `e` is drawn from its own generator,
 `default_rng(SeedSequence(seed, spawn_key=(SHUFFLE_KEY, e)))`, so it depends only on the run
@@ -60,6 +62,8 @@ class Batches(keras.utils.PyDataset):
         docstring); 0: none.
     keep_ink: with `shift`, draw each image's shift only among those that keep all its non-zero
         pixels inside (see the module docstring).
+    ink_floor: with `keep_ink`, every image may still move by up to this many pixels each way,
+        even where that cuts ink (see the module docstring); 0: never cut.
     prefetch: gather up to this many batches ahead in a background thread (0: none).
     auto_epoch: move to the next epoch's order when Keras ends an epoch (`on_epoch_end`).
     endless: index batches by the global step from the start of `epoch` (batch i is batch
@@ -72,7 +76,7 @@ class Batches(keras.utils.PyDataset):
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                  drop_remainder: bool = False, crop: tuple[int, int] | None = None, random_crop: bool = False,
-                 shift: int = 0, keep_ink: bool = False, endless: bool = False, auto_epoch: bool = False,
+                 shift: int = 0, keep_ink: bool = False, ink_floor: int = 0, endless: bool = False, auto_epoch: bool = False,
                  prefetch: int = 0):
         # Threads, never processes: zarr must not run in forked workers. With `prefetch`, Keras'
         # ordered enqueuer gathers up to that many batches ahead in a background thread while the
@@ -90,6 +94,7 @@ class Batches(keras.utils.PyDataset):
         self.keep_ink = bool(keep_ink)
         if self.keep_ink and not self.shift:
             raise ValueError("keep_ink needs a shift (> 0)")
+        self.ink_floor = check_ink_floor(ink_floor, self.shift, self.keep_ink)
         self._shifts = None  # (N, 2) (dy, dx) of the current epoch; with keep_ink, uniform numbers in [0, 1)
         self.first_epoch, self.endless = epoch, endless
         self._epoch = None
@@ -172,7 +177,7 @@ class Batches(keras.utils.PyDataset):
         if self.shift:
             shifts = self._shifts[self._order_index[sl]]
             if self.keep_ink:
-                shifts = ink_keeping_shifts(images, self.shift, shifts)
+                shifts = ink_keeping_shifts(images, self.shift, shifts, floor=self.ink_floor)
             images = shift_images(images, shifts)
         return images, np.concatenate(labels)
 
@@ -221,10 +226,19 @@ def check_shift(shift, size) -> int:
     return shift
 
 
-def ink_keeping_shifts(images: np.ndarray, shift: int, uniform: np.ndarray) -> np.ndarray:
+def check_ink_floor(floor, shift: int, keep_ink: bool) -> int:
+    """`floor` as an int in 0 .. `shift`, non-zero only with `keep_ink`."""
+    if isinstance(floor, bool) or int(floor) != floor or not 0 <= int(floor) <= shift:
+        raise ValueError(f"the ink floor must be a whole number of pixels in 0..{shift} (the shift), got {floor!r}")
+    if floor and not keep_ink:
+        raise ValueError("an ink floor belongs to keep_ink (without it every image moves by up to the shift)")
+    return int(floor)
+
+
+def ink_keeping_shifts(images: np.ndarray, shift: int, uniform: np.ndarray, floor: int = 0) -> np.ndarray:
     """(dy, dx) per image (B, 2): `uniform` (B, 2) numbers in [0, 1) mapped onto the shifts of at
-    most `shift` pixels that keep every non-zero pixel of images (B, H, W, C) inside; an empty
-    image may move by up to `shift`."""
+    most `shift` pixels that keep every non-zero pixel of images (B, H, W, C) inside, widened to
+    at least -floor..floor on each axis; an empty image may move by up to `shift`."""
     ink = images.max(axis=-1) > 0  # (B, H, W)
     out = np.empty(uniform.shape, np.int64)
     for axis, (lines, u) in enumerate(((ink.any(axis=2), uniform[:, 0]), (ink.any(axis=1), uniform[:, 1]))):
@@ -233,6 +247,7 @@ def ink_keeping_shifts(images: np.ndarray, shift: int, uniform: np.ndarray) -> n
         last = np.where(lines.any(axis=1), size - 1 - lines[:, ::-1].argmax(axis=1), -1)
         low = np.maximum(-shift, -first)  # up (left) by at most `first` pixels
         high = np.minimum(shift, size - 1 - last)  # down (right) by at most the margin after `last`
+        low, high = np.minimum(low, -floor), np.maximum(high, floor)  # the floor may cut ink
         out[:, axis] = low + np.minimum(np.floor(u * (high - low + 1)).astype(np.int64), high - low)
     return out
 

@@ -142,6 +142,9 @@ class CropType(click.ParamType):
               help="With --shift: draw each image's shift only among those that keep all its non-zero pixels "
                    "inside, so no digit is cut and a large --shift moves small numbers far (digits on a black "
                    "background without clutter, which counts as ink: mnist-sequences, mnist-pairs).")
+@click.option("--shift-floor", "shift_floor", type=click.IntRange(0), default=_DEFAULTS.shift_floor, show_default=True,
+              help="With --keep-ink: let every image still move by up to this many pixels each way, even where that "
+                   "cuts ink, so that numbers filling the width are shifted too (at most --shift).")
 @click.option("--memory-limit-mb", type=click.IntRange(1), default=_DEFAULTS.memory_limit // 2**20, show_default=True, help="Splits larger than this are streamed by chunks.")
 @click.option("--time-limit", "time_limit_min", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop after the last epoch expected to end within this many minutes, test the best checkpoint, "

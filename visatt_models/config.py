@@ -42,6 +42,9 @@ class TrainConfig:
         its non-zero pixels inside (`pipelines.batches`): no digit is cut, and where a store's
         images leave room (one digit on a 64x64 `mnist-sequences` canvas) a large `shift` moves
         them far.
+    shift_floor: with `shift_keep_ink`, every image may still move by up to this many pixels
+        each way even where that cuts ink, so that strips filling the width are shifted too
+        (at most `shift`; 0: never cut).
     schedule: the learning rate per optimizer step (`train.make_schedule`):
         constant  `lr` throughout;
         cosine    linear warm-up from 0 over `warmup_epochs`, then a cosine from `lr` down to
@@ -76,6 +79,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     shift: int = 0
     shift_keep_ink: bool = False
+    shift_floor: int = 0
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine", "step"):
@@ -101,6 +105,11 @@ class TrainConfig:
             raise ValueError(f"shift_keep_ink must be true or false, got {self.shift_keep_ink!r}")
         if self.shift_keep_ink and not self.shift:
             raise ValueError("shift_keep_ink (--keep-ink) needs a shift (--shift K, K > 0)")
+        if isinstance(self.shift_floor, bool) or not (isinstance(self.shift_floor, int) and 0 <= self.shift_floor <= self.shift):
+            raise ValueError(f"shift_floor (--shift-floor) must be a whole number of pixels in 0..{self.shift} (--shift), "
+                             f"got {self.shift_floor!r}")
+        if self.shift_floor and not self.shift_keep_ink:
+            raise ValueError("shift_floor (--shift-floor) belongs to --keep-ink (without it every image moves by up to --shift)")
         if self.crop is not None:
             object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
             if len(self.crop) != 2 or min(self.crop) < 1:

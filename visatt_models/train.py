@@ -232,6 +232,7 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
     if done < t.epochs:
         train_batches = Batches(splits["train"], t.batch_size, shuffle=True, seed=t.seed, epoch=done,
                                 drop_remainder=True, crop=t.crop, random_crop=True, shift=t.shift, keep_ink=t.shift_keep_ink,
+                                ink_floor=t.shift_floor,
                                 endless=True, prefetch=PREFETCH)
         val_batches = Batches(splits["val"], t.batch_size, shuffle=False, crop=t.crop)
         deterministic_val = model.stochastic and state.get("val_pass", OLD_VAL_PASS) == VAL_PASS

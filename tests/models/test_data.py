@@ -204,6 +204,42 @@ def test_ink_keeping_shifts_cover_exactly_the_shifts_that_cut_nothing():
     assert (dy[:, 0] == np.sort(dy[:, 0])).all()  # monotone in the uniform number
 
 
+
+def test_an_ink_floor_widens_each_range_to_at_least_the_floor():
+    from pipelines.batches import ink_keeping_shifts
+
+    images = np.zeros((2, 10, 10, 1), np.uint8)
+    images[0, 2:5, 0:10] = 9  # ink in rows 2-4 across the whole width (a strip that fills it); image 1 is empty
+    u = np.linspace(0, 1, 1000, endpoint=False)
+    for floor, (dy_low, dy_high), (dx_low, dx_high) in ((0, (-2, 5), (0, 0)), (2, (-2, 5), (-2, 2)), (3, (-3, 5), (-3, 3))):
+        dy = np.array([ink_keeping_shifts(images, 5, np.array([[v, 0.5], [v, 0.5]]), floor=floor)[:, 0] for v in u])
+        dx = np.array([ink_keeping_shifts(images, 5, np.array([[0.5, v], [0.5, v]]), floor=floor)[:, 1] for v in u])
+        for values, low, high in ((dy[:, 0], dy_low, dy_high), (dx[:, 0], dx_low, dx_high), (dy[:, 1], -5, 5), (dx[:, 1], -5, 5)):
+            found, counts = np.unique(values, return_counts=True)
+            np.testing.assert_array_equal(found, np.arange(low, high + 1))
+            assert counts.max() - counts.min() <= 1
+
+
+def test_an_ink_floor_reaches_the_batches_and_is_checked(store):
+    from visatt_models.config import TrainConfig
+
+    split = Split(open_store(store), "val")
+    batches = lambda **kw: epoch_samples(Batches(split, 64, shuffle=True, seed=1, epoch=5, shift=10, keep_ink=True, **kw))[0]
+    kept, floored = batches(), batches(ink_floor=10)
+    np.testing.assert_array_equal(batches(ink_floor=0), kept)
+    ink = kept.reshape(300, -1).sum(1, dtype=np.int64)
+    assert (floored.reshape(300, -1).sum(1, dtype=np.int64) < ink).any()  # a floor of the whole shift cuts ink
+    np.testing.assert_array_equal(batches(ink_floor=10), floored)
+    with pytest.raises(ValueError, match="ink floor must be a whole number of pixels in 0..10"):
+        Batches(split, 64, shuffle=True, shift=10, keep_ink=True, ink_floor=11)
+    with pytest.raises(ValueError, match="belongs to keep_ink"):
+        Batches(split, 64, shuffle=True, shift=10, ink_floor=2)
+    with pytest.raises(ValueError, match="in 0..2"):
+        TrainConfig(shift=2, shift_keep_ink=True, shift_floor=3)
+    with pytest.raises(ValueError, match="belongs to --keep-ink"):
+        TrainConfig(shift=2, shift_floor=1)
+    assert TrainConfig(shift=8, shift_keep_ink=True, shift_floor=2).shift_floor == 2
+
 def test_keep_ink_shifts_move_far_but_cut_nothing(store):
     split = Split(open_store(store), "val")  # 300 MNIST digits on 28x28: about 4 pixels of margin
 
@@ -237,7 +273,7 @@ def test_keep_ink_shifts_move_far_but_cut_nothing(store):
 
     from visatt_models.config import config_from_dict
 
-    older = {k: v for k, v in dataclasses.asdict(TrainConfig(shift=2)).items() if k != "shift_keep_ink"}
+    older = {k: v for k, v in dataclasses.asdict(TrainConfig(shift=2)).items() if k not in ("shift_keep_ink", "shift_floor")}
     assert config_from_dict(TrainConfig, older) == TrainConfig(shift=2)
 
 

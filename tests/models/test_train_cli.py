@@ -305,6 +305,10 @@ def test_a_shifted_run_records_its_shift_and_trains_on_other_images(cnn_run, sto
     kept = tmp_path / "kept"  # --keep-ink reaches the training batches: other images than --shift 2's
     run(train_main, ["--store", store, "--out", kept, "--epochs", 1, "--limit", 48, "--shift", 2, "--keep-ink", *CNN])
     assert load_run_spec(kept).train.shift_keep_ink and load_run_spec(kept).train.shift == 2
+    floored = tmp_path / "floored"  # --shift-floor is recorded with the run
+    run(train_main, ["--store", store, "--out", floored, "--epochs", 1, "--limit", 48, "--shift", 2, "--keep-ink",
+                     "--shift-floor", 1, *CNN])
+    assert load_run_spec(floored).train.shift_floor == 1
     assert read_log(kept / "log.csv")[0]["loss"] != shifted["loss"]
     bad = run(train_main, ["--store", store, "--out", tmp_path / "bad", "--keep-ink", *CNN], ok=False)
     assert bad.exit_code == 1 and "needs a shift (--shift K, K > 0)" in bad.output and not (tmp_path / "bad").exists()
