@@ -21,9 +21,9 @@ Steps (each printed as it goes, everything also written under --out):
    going at `--deadline-min` is stopped; its log.csv is what it reports.
 
 Outputs in `--out`: `summary.json` (device, throughput, each run's test figures, epochs, wall
-time), `results.md` (the runs as a README table: `markdown`), `results.tar.gz` (each run folder without checkpoints: run.json, state.json,
+time), `results.md` (the runs as a table in the format of docs/results.md: `markdown`), `results.tar.gz` (each run folder without checkpoints: run.json, state.json,
 metrics.json, log.csv, pictures, and the run's console log), so that a device call brings back
-a few files. The README's GPU tables are made from `summary.json` (`--table SUMMARY` prints one).
+a few files. The GPU tables of docs/results.md are made from `summary.json` (`--table SUMMARY` prints one).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ RUNS = [
     # so the rate has come down when the run ends instead of being cut at 1e-3. Planned for 7 runs
     # side by side without the throughput step (~430 s of training each, against call 1's 8 runs
     # of 345 s in the first H200 session; runs sharing the device split it about evenly): about
-    # 1.15x the epochs the constant-lr runs reached in call 1 (README). cnn-c100: a guess (26,113
+    # 1.15x the epochs the constant-lr runs reached in call 1 (docs/results.md). cnn-c100: a guess (26,113
     # images/s alone), not trained on a GPU yet.
     *(Run(f"{name}-cosine", dataset, model, preset, (), cosine(epochs))
       for name, dataset, model, preset, epochs in (
@@ -119,7 +119,7 @@ RUNS = [
           ("ram-c60", "mnist-cluttered-60", "ram", "visatt-60", 135),
           ("stn-c60", "mnist-cluttered-60", "stn", None, 90),
           ("cnn-c100", "mnist-cluttered", "cnn", "modern-small", 20))),
-    # Decoupled weight decay won the 10-epoch CPU comparison on mnist-cluttered-60 (README).
+    # Decoupled weight decay won the 10-epoch CPU comparison on mnist-cluttered-60 (docs/results.md).
     Run("ram-c60-cosine-wd", "mnist-cluttered-60", "ram", "visatt-60", (), cosine(135, weight_decay=0.05)),
     # The cosine runs above overfit (train accuracy near 1.0 well before the end): the same with
     # weight decay, three side by side in a shorter call.
@@ -128,7 +128,7 @@ RUNS = [
           ("cnn-seq", "mnist-sequences", "cnn", "modern-seq", 80),
           ("stn-seq", "mnist-sequences", "stn", "st-cnn-single", 40),
           ("stn-c60", "mnist-cluttered-60", "stn", None, 120))),
-    # Weight decay did not stop the overfitting (second H200 session, README): the same with
+    # Weight decay did not stop the overfitting (second H200 session, docs/results.md): the same with
     # `--shift` (each training image translated by up to K pixels per epoch; 2 on mnist-sequences,
     # whose long strips fill the width), epochs planned for 7 runs side by side as in call 1.
     *(Run(f"{name}-cosine-wd-shift", dataset, model, preset, (), cosine(epochs, weight_decay=0.05, shift=shift))
@@ -139,7 +139,7 @@ RUNS = [
     # On the whole training set the shift alone did not stop STN's overfitting (a 40-epoch CPU run
     # reached train accuracy 0.996 by epoch 21 at val 0.973); `--preset zoom-60` (a 30x30 output
     # that must find the digit, dropout 0.5) gave 1.59% in 25 CPU epochs and 1.45% in 35 for seed 0
-    # (seeds 1 and 2: 1.61% and 1.82%; README).
+    # (seeds 1 and 2: 1.61% and 1.82%; docs/results.md).
     # The same recipe, planned like stn-c60-cosine-wd-shift.
     Run("stn-c60-zoom-cosine-wd-shift", "mnist-cluttered-60", "stn", "zoom-60", (),
         cosine(90, weight_decay=0.05, shift=4)),
@@ -147,18 +147,18 @@ RUNS = [
     # shift on it too, for a later call.
     Run("ram-c60-cosine-wd-shift", "mnist-cluttered-60", "ram", "visatt-60", (),
         cosine(135, weight_decay=0.05, shift=4)),
-    # 12 glimpses beat 8 in a 70-epoch CPU comparison (README; the better val from epoch 31 on):
+    # 12 glimpses beat 8 in a 70-epoch CPU comparison (docs/results.md; the better val from epoch 31 on):
     # the same with 12, its epochs cut by the 1.5x cost per image.
     Run("ram-c60-g12-cosine-wd-shift", "mnist-cluttered-60", "ram", "visatt-60", ("glimpses=12",),
         cosine(90, weight_decay=0.05, shift=4)),
     # mnist-pairs' CNN and ST-CNN target (issue 7) has no run yet: the shifted, weight-decayed recipe
-    # at once (a CPU check on 8,000 images showed the shift closing the train/val gap: README).
+    # at once (a CPU check on 8,000 images showed the shift closing the train/val gap: docs/results.md).
     # Epochs guessed from the 64x64 runs' side-by-side throughput scaled by the pixels (100x100).
     *(Run(f"{name}-cosine-wd-shift", "mnist-pairs", model, preset, (), cosine(epochs, weight_decay=0.05, shift=4))
       for name, model, preset, epochs in (
           ("cnn-pairs", "cnn", "modern-seq", 40),
           ("stn-pairs", "stn", "st-cnn-single", 20))),
-    # The CPU's 10-epoch mnist-pairs runs (README): `modern-seq-deep` (a fourth stage, final units
+    # The CPU's 10-epoch mnist-pairs runs (docs/results.md): `modern-seq-deep` (a fourth stage, final units
     # seeing 93 pixels instead of 45) was ahead of `modern-seq` at every epoch; the same recipe on
     # both multi-digit stores.
     *(Run(f"{name}-cosine-wd-shift", dataset, "cnn", "modern-seq-deep", (), cosine(epochs, weight_decay=0.05, shift=shift))
@@ -166,10 +166,14 @@ RUNS = [
           ("cnn-deep-pairs", "mnist-pairs", 40, 4),
           ("cnn-deep-seq", "mnist-sequences", 60, 2))),
     # On the CPU, `--shift 8 --keep-ink` in place of `--shift 2` gave 2.22% against 2.36% over 25
-    # epochs (one seed each; lengths 2-4 gained, 5 lost: README): the same over the GPU's 60.
+    # epochs (one seed each; lengths 2-4 gained, 5 lost: docs/results.md): the same over the GPU's 60.
     Run("cnn-deep-seq-keepink8-cosine-wd", "mnist-sequences", "cnn", "modern-seq-deep", (),
         cosine(60, weight_decay=0.05, shift=8, shift_keep_ink=True)),
-    # The warm-up runs' policies ran into the image border once REINFORCE started (README): the
+    # Five-digit strips fill the width and hardly move under --keep-ink (4.61% against 4.10% with
+    # --shift 2; 5.17% after 40 CPU epochs): the same with a floor of 2 px for every image.
+    Run("cnn-deep-seq-keepink8-floor2-cosine-wd", "mnist-sequences", "cnn", "modern-seq-deep", (),
+        cosine(60, weight_decay=0.05, shift=8, shift_keep_ink=True, shift_floor=2)),
+    # The warm-up runs' policies ran into the image border once REINFORCE started (docs/results.md): the
     # same with a leash on the means beyond the clip, two seeds.
     *(Run(f"dram-pairs-warmup-leash-seed{seed}", "mnist-pairs", "dram", "visatt-small",
           ("emissions=3", "scales=4", WARMUP, "location_leash=1.0"), (("seed", seed),)) for seed in (0, 1)),
