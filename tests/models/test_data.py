@@ -204,7 +204,6 @@ def test_ink_keeping_shifts_cover_exactly_the_shifts_that_cut_nothing():
     assert (dy[:, 0] == np.sort(dy[:, 0])).all()  # monotone in the uniform number
 
 
-
 def test_an_ink_floor_widens_each_range_to_at_least_the_floor():
     from pipelines.batches import ink_keeping_shifts
 
