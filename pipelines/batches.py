@@ -26,6 +26,16 @@ natural images nothing moves. `ink_floor=f` (at most k) lets every image still m
 each way, cutting ink where it must: a strip that fills the width then moves by up to f
 sideways instead of not at all, while shorter numbers keep their ink-keeping range.
 
+Repositioning. With `reposition` on an `mnist-pairs` store (two digits' 28x28 cells that do not
+overlap, on an empty canvas) each training image is taken apart along the store's `boxes` and
+both cells are pasted at new positions, drawn as the builder draws them
+(`pipelines.sequences.pair_positions`: uniform, fully inside, not overlapping) from
+`default_rng(SeedSequence(seed, spawn_key=(REPOSITION_KEY, e)))` for every sample index of the
+split at once; the two labels are put back into reading order. The same digits then make new
+pairs every epoch, and pairs stacked one above the other (left edges a few pixels apart, whose
+order turns on those pixels) come up at their share of the recipe's draws each time rather
+than only in the frozen images. It comes before cropping and shifting.
+
 Shuffling. The order of epoch `e` is drawn from its own generator,
 `default_rng(SeedSequence(seed, spawn_key=(SHUFFLE_KEY, e)))`, so it depends only on the run
 seed and the epoch number: a resumed run sees exactly the batches the uninterrupted run would
@@ -43,10 +53,12 @@ import keras
 import numpy as np
 
 from pipelines.reader import Split
+from pipelines.sequences import DIGIT, epoch_integers, pair_positions, reading_swap
 
 SHUFFLE_KEY = 0x5EED  # spawn key that separates the data order from other uses of the run seed
 CROP_KEY = 0xC409  # ... and the crop offsets
 SHIFT_KEY = 0x5A1F  # ... and the shifts
+REPOSITION_KEY = 0x9E05  # ... and the new positions of repositioned digits
 
 
 class Batches(keras.utils.PyDataset):
@@ -64,6 +76,8 @@ class Batches(keras.utils.PyDataset):
         pixels inside (see the module docstring).
     ink_floor: with `keep_ink`, every image may still move by up to this many pixels each way,
         even where that cuts ink (see the module docstring); 0: never cut.
+    reposition: take each image's two digits apart and paste them at new positions, labels in
+        reading order (`mnist-pairs` only; see the module docstring).
     prefetch: gather up to this many batches ahead in a background thread (0: none).
     auto_epoch: move to the next epoch's order when Keras ends an epoch (`on_epoch_end`).
     endless: index batches by the global step from the start of `epoch` (batch i is batch
@@ -76,8 +90,8 @@ class Batches(keras.utils.PyDataset):
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                  drop_remainder: bool = False, crop: tuple[int, int] | None = None, random_crop: bool = False,
-                 shift: int = 0, keep_ink: bool = False, ink_floor: int = 0, endless: bool = False, auto_epoch: bool = False,
-                 prefetch: int = 0):
+                 shift: int = 0, keep_ink: bool = False, ink_floor: int = 0, reposition: bool = False, endless: bool = False,
+                 auto_epoch: bool = False, prefetch: int = 0):
         # Threads, never processes: zarr must not run in forked workers. With `prefetch`, Keras'
         # ordered enqueuer gathers up to that many batches ahead in a background thread while the
         # model steps (batches are still made one at a time, under a lock, in index order).
@@ -96,6 +110,11 @@ class Batches(keras.utils.PyDataset):
             raise ValueError("keep_ink needs a shift (> 0)")
         self.ink_floor = check_ink_floor(ink_floor, self.shift, self.keep_ink)
         self._shifts = None  # (N, 2) (dy, dx) of the current epoch; with keep_ink, uniform numbers in [0, 1)
+        self.reposition = bool(reposition)
+        if self.reposition:
+            self._canvas = check_reposition(split.info)
+            self._boxes = split.read_array("boxes")[:, :2, :2]  # (N, 2, 2) (top, left) of both cells, reading order
+        self._placed = None  # (N, 2, 2) the new (top, left) of both cells in the current epoch
         self.first_epoch, self.endless = epoch, endless
         self._epoch = None
         self._windows: dict[int, tuple] = {}  # window index -> (images, labels), at most 2 kept
@@ -151,6 +170,10 @@ class Batches(keras.utils.PyDataset):
                 self._shifts = shift_rng.random(size=(len(split), 2))  # (N, 2), scaled per image in _batch
             else:
                 self._shifts = shift_rng.integers(-self.shift, self.shift + 1, size=(len(split), 2))  # (N, 2)
+        if self.reposition:
+            place_rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(REPOSITION_KEY, epoch)))
+            n = len(split)
+            self._placed = np.stack(pair_positions(epoch_integers(place_rng, n), n, self._canvas, overlap=False), axis=1)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:  # the epoch order and the window cache are shared state
@@ -170,7 +193,10 @@ class Batches(keras.utils.PyDataset):
             pick = position[window == w]
             images.append(data[0][pick])
             labels.append(data[1][pick])
-        images = np.concatenate(images)
+        images, labels = np.concatenate(images), np.concatenate(labels)
+        if self.reposition:
+            index = self._order_index[sl]
+            images, labels = reposition_pairs(images, labels, self._boxes[index], self._placed[index])
         if self.crop is not None:
             offsets = self._offsets[self._order_index[sl]] if self.random_crop else None
             images = crop_images(images, self.crop, offsets)
@@ -179,7 +205,7 @@ class Batches(keras.utils.PyDataset):
             if self.keep_ink:
                 shifts = ink_keeping_shifts(images, self.shift, shifts, floor=self.ink_floor)
             images = shift_images(images, shifts)
-        return images, np.concatenate(labels)
+        return images, labels
 
     def on_epoch_end(self) -> None:
         """Keras calls this after each epoch: with `auto_epoch` the next epoch's order is drawn
@@ -195,6 +221,35 @@ class Batches(keras.utils.PyDataset):
                 del self._windows[old]
             self._windows[w] = self.split.read_chunks(self._window_chunks[w])
         return self._windows[w]
+
+
+def check_reposition(info) -> int:
+    """The canvas size of a store whose images `reposition_pairs` can take apart (two digits'
+    cells that do not overlap, no clutter: `mnist-pairs`); ValueError for any other store."""
+    from pipelines.datasets import DATASETS
+    from pipelines.sequences import PAIRS
+
+    spec, recipe = DATASETS.get(info.dataset), info.recipe
+    if spec is None or spec.family is not PAIRS or recipe.get("overlap") or recipe.get("clutter_count"):
+        raise ValueError(f"repositioning takes apart two digits that do not overlap on an empty canvas (mnist-pairs without "
+                         f"overlap or clutter); this is a {info.dataset} store"
+                         + (" with overlap or clutter" if spec is not None and spec.family is PAIRS else ""))
+    return int(recipe["canvas"])
+
+
+def reposition_pairs(images: np.ndarray, labels: np.ndarray, boxes: np.ndarray, placed: np.ndarray):
+    """Images (B, C, C, 1) holding two digits' 28x28 cells at `boxes` (B, 2, 2) = (top, left) in
+    reading order, with labels (B, L) (the two digits, then blanks), rebuilt with the cells at
+    `placed` (B, 2, 2) (cell j of `boxes` to position j of `placed`; they must not overlap):
+    (images, labels) with the two labels in the reading order of the new positions."""
+    out = np.zeros_like(images)
+    for image, target, cells, to in zip(images, out, boxes, placed):
+        for (top, left), (new_top, new_left) in zip(cells, to):
+            target[new_top : new_top + DIGIT, new_left : new_left + DIGIT] = image[top : top + DIGIT, left : left + DIGIT]
+    swap = reading_swap(placed[:, 0], placed[:, 1])
+    labels = labels.copy()
+    labels[:, :2] = np.where(swap[:, None], labels[:, 1::-1], labels[:, :2])
+    return out, labels
 
 
 def check_crop(crop, image_shape) -> tuple[int, int] | None:

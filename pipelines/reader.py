@@ -144,7 +144,7 @@ class Split:
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be positive, got {limit}")
         group = info.root[name]
-        self.info, self.name = info, name
+        self.info, self.name, self.verify = info, name, verify
         self._images, self._labels = group["images"], group["labels"]
         self.size = info.splits[name] if limit is None else min(limit, info.splits[name])
         self.chunk = int(self._images.chunks[0])  # samples per chunk
@@ -296,6 +296,23 @@ class Split:
         item i is `(transform(image), target_transform(label))`, numpy uint8 by default (the
         DataLoader's default collate turns them into tensors)."""
         return MapDataset(self, transform, target_transform)
+
+    def read_array(self, name: str) -> np.ndarray:
+        """The split's first `len(self)` rows of another of its arrays (`boxes`, `lengths`), read
+        whole and checked against the digest the builder recorded (StoreError on a difference)
+        unless the split was opened with `verify=False`."""
+        key = f"{self.name}/{name}"
+        if name not in self.info.root[self.name]:
+            raise StoreError(f"{self.info.path}: no array {key}")
+        try:
+            data = np.asarray(self.info.root[self.name][name][:])
+        except Exception as e:  # a chunk that does not decode
+            raise StoreError(f"{self.info.path}: {key} is unreadable ({store_lib.first_line(e)})") from None
+        if self.verify and key not in self.info.digests:
+            raise StoreError(f"{self.info.path}: no recorded digest for {key}, so its content cannot be checked")
+        if self.verify and store_lib.array_digest(data) != self.info.digests[key]:
+            raise self._mismatch(name)
+        return data[: self.size]
 
     @property
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:

@@ -165,6 +165,35 @@ def _widen(values: np.ndarray, width: int) -> np.ndarray:
     return wide
 
 
+def pair_positions(integers, b: int, canvas: int, overlap: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corners (B, 2) = (top, left) of two 28x28 cells on a `canvas`-wide square, each
+    uniform over the positions fully inside; without `overlap` the second is drawn again (rows
+    still overlapping only) until the cells do not overlap. `integers(low, high, size=2, rows=None)`
+    draws (B, 2) or (len(rows), 2) integers: `SampleStreams.integers` in the builder, or
+    `epoch_integers` for training augmentation (`pipelines.batches`)."""
+    first = integers(0, canvas - DIGIT + 1, size=2)  # (B, [top, left])
+    second = np.empty_like(first)
+    todo = np.arange(b)
+    while len(todo):  # rejection sampling: the second digit must not overlap the first
+        second[todo] = integers(0, canvas - DIGIT + 1, size=2, rows=todo)
+        if overlap:
+            break
+        todo = todo[~np.any(np.abs(second[todo] - first[todo]) >= DIGIT, axis=1)]
+    return first, second
+
+
+def reading_swap(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """(B,) True where the cell at `second` (B, 2) comes before the one at `first` in reading
+    order: by left edge, then top edge."""
+    return (second[:, 1] < first[:, 1]) | ((second[:, 1] == first[:, 1]) & (second[:, 0] < first[:, 0]))
+
+
+def epoch_integers(rng: np.random.Generator, b: int):
+    """An `integers(low, high, size, rows=None)` for `pair_positions` that draws from one
+    generator: (b, size) integers, or (len(rows), size)."""
+    return lambda low, high, size, rows=None: rng.integers(low, high, size=(b if rows is None else len(rows), size))
+
+
 def generate_pairs(
     recipe: PairsRecipe, pool_images: np.ndarray, pool_labels: np.ndarray, split: str, start: int, stop: int
 ) -> dict[str, np.ndarray]:
@@ -174,16 +203,8 @@ def generate_pairs(
     out = _empty(b)
     streams = SampleStreams(recipe.seed, split, start, stop)
     pairs = np.stack([start + np.arange(b), other_digits(streams, n_pool, start, 1)[:, 0]], axis=1)  # (B, 2)
-    first = streams.integers(0, c - DIGIT + 1, size=2)  # (B, [top, left])
-    second = np.empty_like(first)
-    todo = np.arange(b)
-    while len(todo):  # rejection sampling: the second digit must not overlap the first
-        second[todo] = streams.integers(0, c - DIGIT + 1, size=2, rows=todo)
-        if recipe.overlap:
-            break
-        todo = todo[~np.any(np.abs(second[todo] - first[todo]) >= DIGIT, axis=1)]
-    # Reading order: by left, then top.
-    swap = (second[:, 1] < first[:, 1]) | ((second[:, 1] == first[:, 1]) & (second[:, 0] < first[:, 0]))
+    first, second = pair_positions(streams.integers, b, c, recipe.overlap)
+    swap = reading_swap(first, second)
     digits = np.where(swap[:, None], pairs[:, ::-1], pairs)  # (B, 2) pool indices in reading order
     at = np.where(swap[:, None, None], np.stack([second, first], axis=1), np.stack([first, second], axis=1))  # (B, 2, 2)
     canvas = np.zeros((b, c, c), np.uint8)  # (B, C, C); pastes saturate at 255

@@ -45,6 +45,10 @@ class TrainConfig:
     shift_floor: with `shift_keep_ink`, every image may still move by up to this many pixels
         each way even where that cuts ink, so that strips filling the width are shifted too
         (at most `shift`; 0: never cut).
+    reposition: `mnist-pairs` only: take each training image's two digits apart along the
+        store's boxes and paste them at new positions drawn as the builder draws them, labels
+        back in reading order (`pipelines.batches`), before cropping and shifting: new pairs of
+        the same digits every epoch.
     schedule: the learning rate per optimizer step (`train.make_schedule`):
         constant  `lr` throughout;
         cosine    linear warm-up from 0 over `warmup_epochs`, then a cosine from `lr` down to
@@ -80,6 +84,7 @@ class TrainConfig:
     shift: int = 0
     shift_keep_ink: bool = False
     shift_floor: int = 0
+    reposition: bool = False
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine", "step"):
@@ -110,6 +115,8 @@ class TrainConfig:
                              f"got {self.shift_floor!r}")
         if self.shift_floor and not self.shift_keep_ink:
             raise ValueError("shift_floor (--shift-floor) belongs to --keep-ink (without it every image moves by up to --shift)")
+        if not isinstance(self.reposition, bool):
+            raise ValueError(f"reposition must be true or false, got {self.reposition!r}")
         if self.crop is not None:
             object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
             if len(self.crop) != 2 or min(self.crop) < 1:

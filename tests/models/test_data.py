@@ -318,3 +318,70 @@ def test_a_damaged_store_is_refused_whichever_way_it_is_read(store, tmp_path, da
         split = Split(open_store(damaged), "train", **options)  # in memory or limited: checked here
         split.read_chunks(range(split.num_chunks))  # streamed whole: checked by its first full pass
     Split(open_store(damaged), "val")  # the other splits are intact
+
+
+@pytest.fixture(scope="module")
+def pairs_store(tmp_path_factory):
+    """mnist-pairs on 84x84 (the smallest canvas that always holds two separate digits): 200 train samples."""
+    return tiny_store(tmp_path_factory.mktemp("pairs") / "pairs.zarr", name="mnist-pairs", limit=200, canvas=84)
+
+
+def test_reposition_moves_both_digits_and_relabels_in_reading_order(pairs_store):
+    split = Split(open_store(pairs_store), "train")
+    images, labels = split.arrays
+    boxes = zarr.open_group(str(pairs_store), mode="r")["train"]["boxes"][:]  # (N, 5, 4) top, left, height, width
+
+    def moved(seed=1, epoch=3, batch_size=32, shuffle=False):
+        batches = Batches(split, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, reposition=True)
+        return (*epoch_samples(batches), batches._placed)
+
+    got, got_labels, placed = moved()
+    assert got.shape == images.shape and (got_labels[:, 2:] == 10).all()
+    for i in range(len(images)):
+        cells = [images[i, t : t + 28, l : l + 28] for t, l in boxes[i, :2, :2]]  # the store's two digits
+        (t0, l0), (t1, l1) = placed[i]
+        assert 0 <= min(t0, l0, t1, l1) and max(t0, l0, t1, l1) <= 84 - 28
+        assert max(abs(t0 - t1), abs(l0 - l1)) >= 28  # not overlapping
+        want = np.zeros_like(images[i])
+        want[t0 : t0 + 28, l0 : l0 + 28], want[t1 : t1 + 28, l1 : l1 + 28] = cells
+        np.testing.assert_array_equal(got[i], want)
+        first = 1 if (l1, t1) < (l0, t0) else 0  # reading order: left edge, then top edge
+        assert list(got_labels[i, :2]) == [labels[i, first], labels[i, 1 - first]]
+    assert (placed != boxes[:, :2, :2]).any(axis=(1, 2)).mean() > 0.95  # nearly every pair moved
+    swapped = (got_labels[:, :2] != labels[:, :2]).any(axis=1)
+    assert 0.2 < swapped.mean() < 0.8  # the reading order changed for many
+    # A sample's positions follow (seed, epoch, index), not the batch size or the epoch's order.
+    np.testing.assert_array_equal(moved(batch_size=7)[0], got)
+    shuffled, shuffled_labels, _ = moved(shuffle=True)
+    order = Batches(split, 32, shuffle=True, seed=1, epoch=3)._order_index
+    np.testing.assert_array_equal(shuffled, got[order])
+    np.testing.assert_array_equal(shuffled_labels, got_labels[order])
+    assert not np.array_equal(moved(epoch=4)[0], got) and not np.array_equal(moved(seed=2)[0], got)
+    # Evaluation batches are the store's images.
+    np.testing.assert_array_equal(epoch_samples(Batches(split, 32, shuffle=False))[0], images)
+
+
+def test_reposition_needs_a_pairs_store_and_reads_checked_boxes(store, pairs_store):
+    from pipelines.batches import reposition_pairs
+    from visatt_models.config import TrainConfig
+
+    with pytest.raises(ValueError, match="repositioning takes apart two digits .* this is a mnist-translated store"):
+        Batches(Split(open_store(store), "val"), 16, shuffle=True, reposition=True)
+    with pytest.raises(ValueError, match="reposition must be true or false"):
+        TrainConfig(reposition="yes")
+    # A cell pasted on a crafted canvas: digits 3 (left) and 7, moved so that 7 comes first.
+    image = np.zeros((1, 84, 84, 1), np.uint8)
+    image[0, 0:28, 0:28], image[0, 50:78, 40:68] = 3, 7
+    labels = np.array([[3, 7, 10, 10, 10]], np.uint8)
+    out, relabelled = reposition_pairs(image, labels, np.array([[[0, 0], [50, 40]]]), np.array([[[0, 56], [30, 2]]]))
+    assert relabelled.tolist() == [[7, 3, 10, 10, 10]] and labels.tolist() == [[3, 7, 10, 10, 10]]
+    assert (out[0, 0:28, 56:84] == 3).all() and (out[0, 30:58, 2:30] == 7).all() and out.sum() == 28 * 28 * 10
+    # The boxes are checked against their recorded digest, as images and labels are.
+    import shutil
+
+    edited = pairs_store.parent / "edited.zarr"
+    shutil.copytree(pairs_store, edited)
+    boxes = zarr.open_group(str(edited), mode="r+")["train"]["boxes"]
+    boxes[0, 0, 1] = boxes[0, 0, 1] + 1
+    with pytest.raises(StoreError, match="train/boxes does not match its recorded digest"):
+        Batches(Split(open_store(edited), "train"), 16, shuffle=True, reposition=True)

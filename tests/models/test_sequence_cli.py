@@ -96,3 +96,18 @@ def test_svhn_64_from_the_real_sample_trains_evaluates_and_predicts(tmp_path, mo
     assert json.loads(run(eval_main, ["--run", out]).output)["test_sequence_accuracy"] == metrics["test_sequence_accuracy"]
     printed = run(predict_main, ["--run", out, svhn_sample / "test" / "1.png"]).output
     assert printed.startswith(f"{svhn_sample / 'test' / '1.png'}\t")
+
+
+def test_reposition_trains_mnist_pairs_and_refuses_other_stores(store, tmp_path):
+    pairs = tiny_store(tmp_path / "pairs.zarr", name="mnist-pairs", limit=48, canvas=84)
+    out = tmp_path / "moved"
+    run(train_main, ["--store", pairs, "--out", out, "--epochs", 1, "--batch-size", 16, "--reposition", *CNN])
+    assert json.loads((out / "metrics.json").read_text())["train"]["reposition"] is True
+    plain = tmp_path / "plain"  # the option reaches the training batches: another loss than without it
+    run(train_main, ["--store", pairs, "--out", plain, "--epochs", 1, "--batch-size", 16, *CNN])
+    loss = [(folder / "log.csv").read_text().splitlines()[1] for folder in (out, plain)]
+    assert loss[0] != loss[1]
+    for other in (store, tiny_store(tmp_path / "touching.zarr", name="mnist-pairs", limit=16, canvas=84, overlap=True)):
+        bad = run(train_main, ["--store", other, "--out", tmp_path / "bad", "--reposition", *CNN], ok=False)
+        assert bad.exit_code == 1 and "repositioning takes apart two digits that do not overlap" in bad.output
+        assert not (tmp_path / "bad").exists()
