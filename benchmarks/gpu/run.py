@@ -173,6 +173,11 @@ RUNS = [
     # --shift 2; 5.17% after 40 CPU epochs): the same with a floor of 2 px for every image.
     Run("cnn-deep-seq-keepink8-floor2-cosine-wd", "mnist-sequences", "cnn", "modern-seq-deep", (),
         cosine(60, weight_decay=0.05, shift=8, shift_keep_ink=True, shift_floor=2)),
+    # Pairs stacked one above the other hold over half of the deep pairs CNN's errors, though the
+    # ink shows their order (benchmarks/pairs_order.py): --reposition makes new pairs of the same
+    # digits every epoch.
+    Run("cnn-deep-pairs-reposition-cosine-wd", "mnist-pairs", "cnn", "modern-seq-deep", (),
+        cosine(40, weight_decay=0.05, shift=4, reposition=True)),
     # The warm-up runs' policies ran into the image border once REINFORCE started (docs/results.md): the
     # same with a leash on the means beyond the clip, two seeds.
     *(Run(f"dram-pairs-warmup-leash-seed{seed}", "mnist-pairs", "dram", "visatt-small",
