@@ -1,6 +1,7 @@
-"""How well the image shows the reading order of an `mnist-pairs` store, the floor under any
-model's order errors: order the two digits by where their ink says their cells are, and count
-how often that disagrees with the labels, by how far apart the cells' left edges are.
+"""How well the image shows the reading order of an `mnist-pairs` store: order the two digits by
+where their ink says their cells are, and count how often that disagrees with the labels, by how
+far apart the cells' left edges are. A simple rule, so an upper estimate of the order errors that
+the image leaves unavoidable (given which ink belongs to which digit, taken from the boxes).
 
     python benchmarks/pairs_order.py --store mnist-pairs.zarr [--split test]
 
@@ -19,7 +20,6 @@ import numpy as np
 from pipelines.reader import Split, open_store
 from pipelines.sequences import DIGIT
 
-MNIST_CENTRE = 14.0  # where MNIST puts a digit's centre of mass in its 28x28 frame (rows and columns)
 GAP_BUCKETS = ((0, 0), (1, 1), (2, 2), (3, 5), (6, None))
 
 

@@ -29,9 +29,12 @@ sideways instead of not at all, while shorter numbers keep their ink-keeping ran
 Repositioning. With `reposition` on an `mnist-pairs` store (two digits' 28x28 cells that do not
 overlap, on an empty canvas) each training image is taken apart along the store's `boxes` and
 both cells are pasted at new positions, drawn as the builder draws them
-(`pipelines.sequences.pair_positions`: uniform, fully inside, not overlapping) from
-`default_rng(SeedSequence(seed, spawn_key=(REPOSITION_KEY, e)))` for every sample index of the
-split at once; the two labels are put back into reading order. The same digits then make new
+(`pipelines.sequences.pair_positions`: the first cell uniform over the canvas, the second drawn
+again until it does not overlap the first) from
+`default_rng(SeedSequence(seed, spawn_key=(REPOSITION_KEY, e)))` for every sample of the split at
+once, indexed by the sample's index: a sample's positions depend on the seed, the epoch and the
+split's size (a `limit`), not on the batches, the order or a resume. The two labels are put back
+into reading order. The same digits then make new
 pairs every epoch, and pairs stacked one above the other (left edges a few pixels apart, whose
 order turns on those pixels) come up at their share of the recipe's draws each time rather
 than only in the frozen images. It comes before cropping and shifting.
@@ -195,8 +198,8 @@ class Batches(keras.utils.PyDataset):
             labels.append(data[1][pick])
         images, labels = np.concatenate(images), np.concatenate(labels)
         if self.reposition:
-            index = self._order_index[sl]
-            images, labels = reposition_pairs(images, labels, self._boxes[index], self._placed[index])
+            samples = self._order_index[sl]
+            images, labels = reposition_pairs(images, labels, self._boxes[samples], self._placed[samples])
         if self.crop is not None:
             offsets = self._offsets[self._order_index[sl]] if self.random_crop else None
             images = crop_images(images, self.crop, offsets)
@@ -234,7 +237,7 @@ def check_reposition(info) -> int:
         raise ValueError(f"repositioning takes apart two digits that do not overlap on an empty canvas (mnist-pairs without "
                          f"overlap or clutter); this is a {info.dataset} store"
                          + (" with overlap or clutter" if spec is not None and spec.family is PAIRS else ""))
-    return int(recipe["canvas"])
+    return int(info.image_shape[0])  # square canvases
 
 
 def reposition_pairs(images: np.ndarray, labels: np.ndarray, boxes: np.ndarray, placed: np.ndarray):

@@ -147,8 +147,8 @@ class CropType(click.ParamType):
                    "cuts ink, so that numbers filling the width are shifted too (at most --shift).")
 @click.option("--reposition", is_flag=True,
               help="mnist-pairs: take each training image's two digits apart and paste them at new positions drawn "
-                   "as the builder draws them (uniform, not overlapping), labels back in reading order, per seed, "
-                   "epoch and sample: new pairs of the same digits every epoch (before --crop and --shift).")
+                   "as the builder draws them (not overlapping), labels back in reading order, per seed, epoch and "
+                   "sample (for a given --limit): new pairs of the same digits every epoch (before --crop and --shift).")
 @click.option("--memory-limit-mb", type=click.IntRange(1), default=_DEFAULTS.memory_limit // 2**20, show_default=True, help="Splits larger than this are streamed by chunks.")
 @click.option("--time-limit", "time_limit_min", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop after the last epoch expected to end within this many minutes, test the best checkpoint, "

@@ -2,9 +2,9 @@
 shuffled, cropped batches (`pipelines.batches`), under the names the trainer uses."""
 
 from pipelines.batches import (
-    CROP_KEY, SHIFT_KEY, SHUFFLE_KEY, Batches, check_crop, check_reposition, check_shift, crop_images, shift_images,
+    CROP_KEY, REPOSITION_KEY, SHIFT_KEY, SHUFFLE_KEY, Batches, check_crop, check_reposition, check_shift, crop_images, shift_images,
 )
 from pipelines.reader import SPLITS, Split, StoreError, StoreInfo, open_store
 
-__all__ = ["CROP_KEY", "SHIFT_KEY", "SHUFFLE_KEY", "SPLITS", "Batches", "Split", "StoreError", "StoreInfo",
+__all__ = ["CROP_KEY", "REPOSITION_KEY", "SHIFT_KEY", "SHUFFLE_KEY", "SPLITS", "Batches", "Split", "StoreError", "StoreInfo",
            "check_crop", "check_reposition", "check_shift", "crop_images", "open_store", "shift_images"]

@@ -359,6 +359,13 @@ def test_reposition_moves_both_digits_and_relabels_in_reading_order(pairs_store)
     assert not np.array_equal(moved(epoch=4)[0], got) and not np.array_equal(moved(seed=2)[0], got)
     # Evaluation batches are the store's images.
     np.testing.assert_array_equal(epoch_samples(Batches(split, 32, shuffle=False))[0], images)
+    # A streamed split gives the same epoch; a limited one reads as many boxes as samples.
+    streamed = Split(open_store(pairs_store), "train", memory_limit=60 * 84 * 84)
+    assert not streamed.in_memory
+    np.testing.assert_array_equal(epoch_samples(Batches(streamed, 32, shuffle=False, seed=1, epoch=3, reposition=True))[0], got)
+    limited = Split(open_store(pairs_store), "train", limit=50)
+    np.testing.assert_array_equal(limited.read_array("boxes"), boxes[:50])
+    assert epoch_samples(Batches(limited, 16, shuffle=True, seed=1, epoch=3, reposition=True))[0].shape == (50, 84, 84, 1)
 
 
 def test_reposition_needs_a_pairs_store_and_reads_checked_boxes(store, pairs_store):

@@ -1,6 +1,7 @@
 """Multi-digit runs end to end through the CLIs: train, evaluate, predict on image files;
 an mnist-sequences store from the embedded sample and SVHN from the real format-1 sample."""
 
+import csv
 import json
 
 import numpy as np
@@ -105,7 +106,7 @@ def test_reposition_trains_mnist_pairs_and_refuses_other_stores(store, tmp_path)
     assert json.loads((out / "metrics.json").read_text())["train"]["reposition"] is True
     plain = tmp_path / "plain"  # the option reaches the training batches: another loss than without it
     run(train_main, ["--store", pairs, "--out", plain, "--epochs", 1, "--batch-size", 16, *CNN])
-    loss = [(folder / "log.csv").read_text().splitlines()[1] for folder in (out, plain)]
+    loss = [next(csv.DictReader((folder / "log.csv").open()))["loss"] for folder in (out, plain)]
     assert loss[0] != loss[1]
     for other in (store, tiny_store(tmp_path / "touching.zarr", name="mnist-pairs", limit=16, canvas=84, overlap=True)):
         bad = run(train_main, ["--store", other, "--out", tmp_path / "bad", "--reposition", *CNN], ok=False)
