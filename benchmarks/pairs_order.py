@@ -17,6 +17,7 @@ import argparse
 
 import numpy as np
 
+from pipelines.batches import check_reposition
 from pipelines.reader import Split, open_store
 from pipelines.sequences import DIGIT
 
@@ -60,8 +61,10 @@ def main():
     parser.add_argument("--split", default="test")
     args = parser.parse_args()
     info = open_store(args.store)
-    if info.dataset != "mnist-pairs" or info.recipe.get("overlap") or info.recipe.get("clutter_count"):
-        raise SystemExit(f"{args.store}: a {info.dataset} store; this needs mnist-pairs without overlap or clutter")
+    try:
+        check_reposition(info)  # the stores whose cells hold exactly their own digit's ink
+    except ValueError as e:
+        raise SystemExit(f"{args.store}: {e}") from None
     split = Split(info, args.split)
     images, _ = split.arrays
     boxes = split.read_array("boxes")
