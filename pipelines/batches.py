@@ -197,14 +197,14 @@ class Batches(keras.utils.PyDataset):
             images.append(data[0][pick])
             labels.append(data[1][pick])
         images, labels = np.concatenate(images), np.concatenate(labels)
+        samples = self._order_index[sl]  # (B,) the batch's indices in the split
         if self.reposition:
-            samples = self._order_index[sl]
             images, labels = reposition_pairs(images, labels, self._boxes[samples], self._placed[samples])
         if self.crop is not None:
-            offsets = self._offsets[self._order_index[sl]] if self.random_crop else None
+            offsets = self._offsets[samples] if self.random_crop else None
             images = crop_images(images, self.crop, offsets)
         if self.shift:
-            shifts = self._shifts[self._order_index[sl]]
+            shifts = self._shifts[samples]
             if self.keep_ink:
                 shifts = ink_keeping_shifts(images, self.shift, shifts, floor=self.ink_floor)
             images = shift_images(images, shifts)

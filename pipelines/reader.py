@@ -172,13 +172,13 @@ class Split:
         return self._pending is None
 
     def _expected(self) -> dict[str, str]:
-        digests = {}
-        for name in ("images", "labels"):
-            key = f"{self.name}/{name}"
-            if key not in self.info.digests:
-                raise StoreError(f"{self.info.path}: no recorded digest for {key}, so its content cannot be checked")
-            digests[name] = self.info.digests[key]
-        return digests
+        return {name: self._recorded_digest(name) for name in ("images", "labels")}
+
+    def _recorded_digest(self, name: str) -> str:
+        key = f"{self.name}/{name}"
+        if key not in self.info.digests:
+            raise StoreError(f"{self.info.path}: no recorded digest for {key}, so its content cannot be checked")
+        return self.info.digests[key]
 
     def _check_chunk(self, start: int, images: np.ndarray, labels: np.ndarray) -> None:
         """Record the block digests of the chunk at `start`; when every chunk has been seen,
@@ -308,9 +308,7 @@ class Split:
             data = np.asarray(self.info.root[self.name][name][:])
         except Exception as e:  # a chunk that does not decode
             raise StoreError(f"{self.info.path}: {key} is unreadable ({store_lib.first_line(e)})") from None
-        if self.verify and key not in self.info.digests:
-            raise StoreError(f"{self.info.path}: no recorded digest for {key}, so its content cannot be checked")
-        if self.verify and store_lib.array_digest(data) != self.info.digests[key]:
+        if self.verify and store_lib.array_digest(data) != self._recorded_digest(name):
             raise self._mismatch(name)
         return data[: self.size]
 
