@@ -29,6 +29,7 @@ import keras
 from keras import layers, ops
 
 from visatt_models.base import VisattModel
+from visatt_models.config import check_rates
 from visatt_models.tasks import TaskHead
 
 _PACKAGE = "visatt"
@@ -83,9 +84,7 @@ class CNNConfig:
             raise ValueError(f"pool must be 'average' or 'flatten', got {self.pool!r}")
         if any(w < 1 for w in self.widths) or self.dense < 0 or self.blocks < 1:
             raise ValueError("widths and blocks must be positive, dense non-negative")
-        for name in ("dropout", "dense_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        check_rates(self, "dropout", "dense_dropout")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

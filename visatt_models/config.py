@@ -161,6 +161,14 @@ def parse_overrides(config_cls: type, overrides: list[str], *, base=None):
     return replace(base, **changes)
 
 
+def check_rates(config, *names: str) -> None:
+    """Raise ValueError unless each named field of `config` (a dropout rate) lies in [0, 1)."""
+    for name in names:
+        value = getattr(config, name)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
 def replace(config, **changes):
     """`dataclasses.replace` with the config's validation errors turned into ConfigError."""
     try:

@@ -45,6 +45,7 @@ from visatt_models.attention import (
     seeded_dense,
 )
 from visatt_models.base import weighted_mean
+from visatt_models.config import check_rates
 from visatt_models.tasks import TaskHead
 
 
@@ -108,8 +109,7 @@ class RAMConfig:
                      "glimpse_size", "core_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_rates(self, "dropout")
         if not self.mean_path_weight >= 0:
             raise ValueError(f"mean_path_weight must be >= 0, got {self.mean_path_weight}")
         check_policy_config(self)

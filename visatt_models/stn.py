@@ -28,6 +28,7 @@ import keras
 from keras import layers, ops
 
 from visatt_models.base import VisattModel
+from visatt_models.config import check_rates
 from visatt_models.cnn import CNNConfig, apply_layers, conv_stack, feature_layers
 from visatt_models.sampler import affine_grid, bilinear_sample
 from visatt_models.tasks import TaskHead
@@ -80,8 +81,7 @@ class STNConfig:
             raise ValueError(f"init must be 'identity' or 'zoom', got {self.init!r}")
         if not self.zoom > 0:
             raise ValueError(f"zoom must be > 0, got {self.zoom}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_rates(self, "dropout")
 
 
 @keras.saving.register_keras_serializable(package="visatt")

@@ -85,6 +85,23 @@ def test_invalid_config_values_are_config_errors():
         make_config(spec, overrides=["dropout=1.5"])
 
 
+RATES = [(name, f.name) for name in registry.MODEL_NAMES
+         for f in dataclasses.fields(get_model_spec(name).config_cls) if "dropout" in f.name]
+
+
+def test_the_dropout_rates_are_found():
+    assert {name for name, _ in RATES} == {"cnn", "ram", "stn"} and ("cnn", "dense_dropout") in RATES
+
+
+@pytest.mark.parametrize("name, rate", RATES)
+@pytest.mark.parametrize("value", ["1.0", "-0.1"])
+def test_dropout_rates_lie_in_zero_to_one(name, rate, value):
+    spec = get_model_spec(name)
+    with pytest.raises(ConfigError, match=rf"{rate} must be in \[0, 1\), got {value}"):
+        make_config(spec, overrides=[f"{rate}={value}"])
+    assert getattr(make_config(spec, overrides=[f"{rate}=0.0"]), rate) == 0.0
+
+
 def test_dict_round_trip_restores_tuples():
     config = CNNConfig(arch="modern", widths=(8, 16, 32))
     values = config_to_dict(config)
