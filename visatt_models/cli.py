@@ -149,6 +149,10 @@ class CropType(click.ParamType):
               help="mnist-pairs: take each training image's two digits apart and paste them at new positions drawn "
                    "as the builder draws them (not overlapping), labels back in reading order, per seed, epoch and "
                    "sample (for a given --limit): new pairs of the same digits every epoch (before --crop and --shift).")
+@click.option("--permute", is_flag=True,
+              help="mnist-sequences: give each training image's digits a new order among their cells (the store's "
+                   "boxes), labels with them, per seed, epoch and sample (for a given --limit): other numbers of the "
+                   "same digits in the same layout every epoch (before --crop and --shift).")
 @click.option("--memory-limit-mb", type=click.IntRange(1), default=_DEFAULTS.memory_limit // 2**20, show_default=True, help="Splits larger than this are streamed by chunks.")
 @click.option("--time-limit", "time_limit_min", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop after the last epoch expected to end within this many minutes, test the best checkpoint, "

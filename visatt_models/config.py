@@ -49,6 +49,9 @@ class TrainConfig:
         store's boxes and paste them at new positions drawn as the builder draws them, labels
         back in reading order (`pipelines.batches`), before cropping and shifting: new pairs of
         the same digits every epoch.
+    permute: `mnist-sequences` only: give each training image's digits a new order among their
+        cells (the store's boxes), labels with them (`pipelines.batches`), before cropping and
+        shifting: other numbers of the same digits, in the same layout, every epoch.
     schedule: the learning rate per optimizer step (`train.make_schedule`):
         constant  `lr` throughout;
         cosine    linear warm-up from 0 over `warmup_epochs`, then a cosine from `lr` down to
@@ -85,6 +88,7 @@ class TrainConfig:
     shift_keep_ink: bool = False
     shift_floor: int = 0
     reposition: bool = False
+    permute: bool = False
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine", "step"):
@@ -115,8 +119,11 @@ class TrainConfig:
                              f"got {self.shift_floor!r}")
         if self.shift_floor and not self.shift_keep_ink:
             raise ValueError("shift_floor (--shift-floor) belongs to --keep-ink (without it every image moves by up to --shift)")
-        if not isinstance(self.reposition, bool):
-            raise ValueError(f"reposition must be true or false, got {self.reposition!r}")
+        for name in ("reposition", "permute"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.reposition and self.permute:
+            raise ValueError("reposition (--reposition, mnist-pairs) and permute (--permute, mnist-sequences) exclude each other")
         if self.crop is not None:
             object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
             if len(self.crop) != 2 or min(self.crop) < 1:

@@ -37,7 +37,7 @@ from visatt_models import config as cfg
 from visatt_models import registry
 from visatt_models.config import TrainConfig
 from pipelines.reader import store_failures
-from visatt_models.data import Batches, Split, StoreInfo, check_crop, check_reposition, check_shift, open_store
+from visatt_models.data import Batches, Split, StoreInfo, check_crop, check_permute, check_reposition, check_shift, open_store
 from visatt_models.evaluate import deterministic_policy, evaluate
 from visatt_models.runs import (
     METRICS_FILE,
@@ -75,6 +75,8 @@ def make_run_spec(store, model: str = "cnn", *, preset: str | None = None, overr
         check_shift(train.shift, train.crop or info.image_shape)
         if train.reposition:
             check_reposition(info)
+        if train.permute:
+            check_permute(info)
     except ValueError as e:
         raise RunError(f"{info.path}: {e}") from None
     spec = registry.get_model_spec(model)
@@ -234,7 +236,7 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
     if done < t.epochs:
         train_batches = Batches(splits["train"], t.batch_size, shuffle=True, seed=t.seed, epoch=done,
                                 drop_remainder=True, crop=t.crop, random_crop=True, shift=t.shift, keep_ink=t.shift_keep_ink,
-                                ink_floor=t.shift_floor, reposition=t.reposition,
+                                ink_floor=t.shift_floor, reposition=t.reposition, permute=t.permute,
                                 endless=True, prefetch=PREFETCH)
         val_batches = Batches(splits["val"], t.batch_size, shuffle=False, crop=t.crop)
         deterministic_val = model.stochastic and state.get("val_pass", OLD_VAL_PASS) == VAL_PASS

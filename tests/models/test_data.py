@@ -392,3 +392,116 @@ def test_reposition_needs_a_pairs_store_and_reads_checked_boxes(store, pairs_sto
     boxes[0, 0, 1] = boxes[0, 0, 1] + 1
     with pytest.raises(StoreError, match="train/boxes does not match its recorded digest"):
         Batches(Split(open_store(edited), "train"), 16, shuffle=True, reposition=True)
+
+
+@pytest.fixture(scope="module")
+def sequences_store(tmp_path_factory):
+    """mnist-sequences on 64x64 (the recipe's canvas; strips of 3 or more digits are shrunk): 200 train samples."""
+    return tiny_store(tmp_path_factory.mktemp("sequences") / "sequences.zarr", name="mnist-sequences", limit=200, canvas=64)
+
+
+def _cells_overlap(boxes, length):
+    spans = sorted((left, left + width) for _, left, _, width in boxes[:length])
+    return any(a[1] > b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_permute_trades_the_digits_between_their_cells_with_their_labels(sequences_store):
+    split = Split(open_store(sequences_store), "train")
+    images, labels = split.arrays
+    group = zarr.open_group(str(sequences_store), mode="r")["train"]
+    boxes, lengths = group["boxes"][:], group["lengths"][:]  # (N, 5, 4) top, left, height, width; (N,)
+
+    def permuted(seed=1, epoch=3, batch_size=32, shuffle=False):
+        batches = Batches(split, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, permute=True)
+        return (*epoch_samples(batches), batches._order)
+
+    got, got_labels, order = permuted()
+    assert got.shape == images.shape
+    apart = 0
+    for i, length in enumerate(lengths):
+        assert sorted(order[i, :length]) == list(range(length)) and list(order[i, length:]) == list(range(length, 5))
+        assert list(got_labels[i]) == [labels[i, k] for k in order[i]]  # blanks stay past the length
+        if _cells_overlap(boxes[i], length):
+            continue
+        apart += 1
+        want = np.zeros_like(images[i])  # cell j holds what cell order[j] held, at cell j's corner
+        for (top, left, _, _), (t, l, h, w) in zip(boxes[i, :length], boxes[i, order[i, :length]]):
+            h, w = min(h, 64 - top), min(w, 64 - left)
+            want[top : top + h, left : left + w] = images[i, t : t + h, l : l + w]
+        np.testing.assert_array_equal(got[i], want)
+    assert apart > 50
+    several = lengths >= 2
+    assert (order[several] != np.arange(5)).any(axis=1).mean() > 0.6  # most numbers of 2+ digits change
+    assert (got[lengths == 1] == images[lengths == 1] * _inside_cells(boxes[lengths == 1])).all()  # one digit stays
+    # A sample's order follows (seed, epoch, index), not the batch size or the epoch's order.
+    np.testing.assert_array_equal(permuted(batch_size=7)[0], got)
+    shuffled, shuffled_labels, _ = permuted(shuffle=True)
+    index = Batches(split, 32, shuffle=True, seed=1, epoch=3)._order_index
+    np.testing.assert_array_equal(shuffled, got[index])
+    np.testing.assert_array_equal(shuffled_labels, got_labels[index])
+    assert not np.array_equal(permuted(epoch=4)[2], order) and not np.array_equal(permuted(seed=2)[2], order)
+    streamed = Split(open_store(sequences_store), "train", memory_limit=60 * 64 * 64)
+    assert not streamed.in_memory
+    np.testing.assert_array_equal(epoch_samples(Batches(streamed, 32, shuffle=False, seed=1, epoch=3, permute=True))[0], got)
+    np.testing.assert_array_equal(epoch_samples(Batches(split, 32, shuffle=False))[0], images)  # evaluation: as stored
+
+
+def _inside_cells(boxes):
+    """(N, 64, 64, 1) masks of the pixels inside any of each sample's cells."""
+    mask = np.zeros((len(boxes), 64, 64, 1), np.uint8)
+    for m, cells in zip(mask, boxes):
+        for top, left, h, w in cells:
+            m[top : top + h, left : left + w] = 1
+    return mask
+
+
+def test_permuting_nothing_keeps_the_ink_inside_the_cells_even_where_they_overlap(sequences_store):
+    from pipelines.batches import permute_digits
+
+    images, labels = Split(open_store(sequences_store), "train").arrays
+    group = zarr.open_group(str(sequences_store), mode="r")["train"]
+    boxes, lengths = group["boxes"][:], group["lengths"][:]
+    assert sum(_cells_overlap(b, n) for b, n in zip(boxes, lengths)) > 20
+    identity = np.tile(np.arange(5), (len(images), 1))
+    out, same = permute_digits(images, labels, boxes, identity)
+    np.testing.assert_array_equal(out, images * _inside_cells(boxes))
+    np.testing.assert_array_equal(same, labels)
+
+
+def test_digit_orders_are_uniform_over_each_lengths_orders():
+    from itertools import permutations
+
+    from pipelines.batches import digit_orders
+
+    lengths = np.repeat(np.arange(1, 6), 24_000)
+    orders = digit_orders(np.random.default_rng(0), lengths)
+    for length in (2, 3):
+        rows = orders[lengths == length, :length]
+        counts = [np.all(rows == p, axis=1).sum() for p in permutations(range(length))]
+        expected = len(rows) / len(counts)
+        assert all(abs(c - expected) < 0.06 * expected for c in counts), counts
+    assert (orders[lengths == 1] == np.arange(5)).all()
+    assert (orders[lengths == 5] != np.arange(5)).any(axis=1).mean() > 0.98
+
+
+def test_permute_needs_a_sequences_store_without_clutter_and_reads_checked_boxes(store, pairs_store, sequences_store, tmp_path):
+    from visatt_models.config import TrainConfig
+
+    for other, name in ((store, "mnist-translated store"), (pairs_store, "mnist-pairs store")):
+        with pytest.raises(ValueError, match=f"permuting digits trades the cells .* this is a {name}$"):
+            Batches(Split(open_store(other), "val"), 16, shuffle=True, permute=True)
+    cluttered = tiny_store(tmp_path / "cluttered.zarr", name="mnist-sequences", limit=16, canvas=64, clutter_count=2)
+    with pytest.raises(ValueError, match="this is a mnist-sequences store with clutter"):
+        Batches(Split(open_store(cluttered), "train"), 8, shuffle=True, permute=True)
+    with pytest.raises(ValueError, match="permute must be true or false"):
+        TrainConfig(permute=1)
+    with pytest.raises(ValueError, match="exclude each other"):
+        TrainConfig(permute=True, reposition=True)
+    import shutil
+
+    edited = tmp_path / "edited.zarr"
+    shutil.copytree(sequences_store, edited)
+    boxes = zarr.open_group(str(edited), mode="r+")["train"]["boxes"]
+    boxes[0, 0, 1] = boxes[0, 0, 1] + 1
+    with pytest.raises(StoreError, match="train/boxes does not match its recorded digest"):
+        Batches(Split(open_store(edited), "train"), 16, shuffle=True, permute=True)

@@ -112,3 +112,19 @@ def test_reposition_trains_mnist_pairs_and_refuses_other_stores(store, tmp_path)
         bad = run(train_main, ["--store", other, "--out", tmp_path / "bad", "--reposition", *CNN], ok=False)
         assert bad.exit_code == 1 and "repositioning takes apart two digits that do not overlap" in bad.output
         assert not (tmp_path / "bad").exists()
+
+
+def test_permute_trains_mnist_sequences_and_refuses_other_stores(store, tmp_path):
+    out = tmp_path / "permuted"
+    run(train_main, ["--store", store, "--out", out, "--epochs", 1, "--batch-size", 16, "--permute", *CNN])
+    assert json.loads((out / "metrics.json").read_text())["train"]["permute"] is True
+    plain = tmp_path / "plain"  # the option reaches the training batches: another loss than without it
+    run(train_main, ["--store", store, "--out", plain, "--epochs", 1, "--batch-size", 16, *CNN])
+    loss = [next(csv.DictReader((folder / "log.csv").open()))["loss"] for folder in (out, plain)]
+    assert loss[0] != loss[1]
+    pairs = tiny_store(tmp_path / "pairs.zarr", name="mnist-pairs", limit=16, canvas=84)
+    bad = run(train_main, ["--store", pairs, "--out", tmp_path / "bad", "--permute", *CNN], ok=False)
+    assert bad.exit_code == 1 and "permuting digits trades the cells of a strip" in bad.output
+    assert not (tmp_path / "bad").exists()
+    both = run(train_main, ["--store", store, "--out", tmp_path / "both", "--permute", "--reposition", *CNN], ok=False)
+    assert both.exit_code != 0 and "exclude each other" in both.output and not (tmp_path / "both").exists()
