@@ -1,7 +1,9 @@
-"""What `--permute` carries along with a digit of an `mnist-sequences` store: how many images have
-ink where two cells overlap (a neighbour's strokes then move with the cell that is cut), and how
-many have ink outside every cell (the bilinear spill of a shrunk strip, dropped when digits are
-permuted), with the mean number of such pixels per image that has any.
+"""What `--permute` does with the ink of an `mnist-sequences` store that no single cell holds: how
+many images have ink where two cells overlap (split between them at the middle of the shared
+columns, so a stroke that crosses the middle goes partly with the neighbour), how many have ink
+outside every cell (the bilinear spill of a shrunk strip, carried by the nearest cell up to
+`CELL_MARGIN` pixels away), and how many lose ink because it lies farther out (dropped), with
+the mean number of such pixels per image that has any.
 
     python benchmarks/sequence_cells.py --store mnist-sequences.zarr [--split train] [--limit N]
 """
@@ -10,7 +12,7 @@ import argparse
 
 import numpy as np
 
-from pipelines.batches import check_permute
+from pipelines.batches import check_permute, permute_digits
 from pipelines.reader import Split, open_store
 
 
@@ -24,6 +26,12 @@ def cell_ink(images: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndar
             cover[top : top + h, left : left + w] += 1
         shared[i], outside[i] = (image & (cover > 1)).sum(), (image & (cover == 0)).sum()
     return shared, outside
+
+
+def dropped_ink(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Per image: ink pixels that permuting the digits in their own order does not give back."""
+    same, _ = permute_digits(images, np.zeros((len(images), 5), np.uint8), boxes, np.tile(np.arange(5), (len(images), 1)))
+    return ((images > 0) & (same != images)).sum(axis=(1, 2, 3))
 
 
 def line(name: str, pixels: np.ndarray) -> str:
@@ -45,10 +53,13 @@ def main():
         raise SystemExit(f"{args.store}: {e}") from None
     split = Split(info, args.split, limit=args.limit)
     images, _ = split.arrays
-    shared, outside = cell_ink(images, split.read_array("boxes"))
+    boxes = split.read_array("boxes")
+    shared, outside = cell_ink(images, boxes)
+    dropped = np.concatenate([dropped_ink(images[i : i + 256], boxes[i : i + 256]) for i in range(0, len(images), 256)])
     print(f"{args.split}: {len(images)} images")
     print(line("ink where cells overlap", shared))
     print(line("ink outside every cell", outside))
+    print(line("ink that --permute drops", dropped))
 
 
 if __name__ == "__main__":

@@ -44,13 +44,14 @@ digits trade places: every sample's first L cells (its `boxes`) get their conten
 drawn uniformly among the L! orders, from
 `default_rng(SeedSequence(seed, spawn_key=(PERMUTE_KEY, e)))` for the whole split at once and
 indexed by the sample's index (as repositioning's positions are), and the labels follow. The
-cells keep their places, sizes and drops, so the strip keeps its layout and scale while the same
-digits make other numbers every epoch. Cells that overlap (negative gaps) are pasted with the
-larger value where they meet, which gives the image back unchanged when nothing moves; ink of a
-neighbour in the shared columns moves with the cell that is cut (13.0% of the 1.0.0 training
-images, 4.6 pixels where any), and ink outside every box (the bilinear spill of a shrunk strip;
-4.5%, 2.8 pixels) is dropped: `benchmarks/sequence_cells.py`. It comes before cropping and
-shifting.
+cells keep their places and drops, so the strip keeps its layout and scale while the same digits
+make other numbers every epoch. Each pixel goes with one cell (`cell_owners`): the nearest, and
+where cells overlap (negative gaps) the one whose centre column is nearer, so no stroke is
+doubled, and a cell takes the pixels up to `CELL_MARGIN` around its box (the spill of a shrunk
+strip) along. An unchanged order gives the image back. A neighbour's stroke that reaches into a
+shared column on the wrong side of the middle moves with the cell that takes it (13.0% of the
+1.0.0 training images have ink where cells overlap, 4.6 pixels where any:
+`benchmarks/sequence_cells.py`). It comes before cropping and shifting.
 
 Shuffling. The order of epoch `e` is drawn from its own generator,
 `default_rng(SeedSequence(seed, spawn_key=(SHUFFLE_KEY, e)))`, so it depends only on the run
@@ -304,21 +305,50 @@ def digit_orders(rng: np.random.Generator, lengths: np.ndarray) -> np.ndarray:
     return np.argsort(keys, axis=1, kind="stable")
 
 
+CELL_MARGIN = 2  # pixels around a cell that go with it (a shrunk strip's bilinear spill reaches 1-2 past its boxes)
+
+
+def cell_owners(cells: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(B, H, W): for every pixel the index of the cell it goes with, among `cells` (B, 5, 4) =
+    (top, left, height, width) (height 0: absent). A pixel goes with the cell nearest to it (city
+    block distance to the box, 0 inside), and where two cells overlap (negative gaps) with the
+    one whose centre column is nearer: each pixel belongs to exactly one cell."""
+    top, left, h, w = (cells[..., i, None, None].astype(np.float64) for i in range(4))  # (B, 5, 1, 1)
+    y, x = np.arange(height)[:, None], np.arange(width)[None, :]  # (H, 1), (1, W)
+    outside = np.maximum(0, np.maximum(top - y, y - (top + h - 1))) + np.maximum(0, np.maximum(left - x, x - (left + w - 1)))
+    key = outside * 4 * width + np.abs(2 * x - (2 * left + w - 1))  # distance first, then the centre column
+    key = np.where(h > 0, key, np.inf)  # (B, 5, H, W)
+    return np.argmin(key, axis=1)
+
+
+def _paste_max(target: np.ndarray, source: np.ndarray, src: tuple[int, int], dst: tuple[int, int], size: tuple[int, int]):
+    """target[dst : dst + size] = max(itself, source[src : src + size]), both cut to their arrays."""
+    (sy, sx), (dy, dx), (h, w) = src, dst, size
+    y0, x0 = max(0, -sy, -dy), max(0, -sx, -dx)
+    y1, x1 = min(h, source.shape[0] - sy, target.shape[0] - dy), min(w, source.shape[1] - sx, target.shape[1] - dx)
+    if y1 > y0 and x1 > x0:
+        window = target[dy + y0 : dy + y1, dx + x0 : dx + x1]
+        np.maximum(window, source[sy + y0 : sy + y1, sx + x0 : sx + x1], out=window)
+
+
 def permute_digits(images: np.ndarray, labels: np.ndarray, cells: np.ndarray, order: np.ndarray):
     """Images (B, H, W, C) holding digits' cells at `cells` (B, 5, 4) = (top, left, height, width)
     (height 0 past the length), labels (B, 5): (images, labels) where cell j holds what cell
-    `order[j]` (B, 5) held and label j is label `order[j]`. A cell keeps its own top-left corner
-    and takes the moved content's size (cut at the border); overlapping cells meet at the larger
-    value; ink outside every cell is dropped."""
+    `order[j]` (B, 5) held and label j is label `order[j]`. Each cell's content is its own pixels
+    (`cell_owners`) within its box and `CELL_MARGIN` around it; it is pasted with its top-left
+    corner at the corner of the cell it goes to (cut at the border). Ink farther than the margin
+    from every cell is dropped. An unchanged order gives back the image wherever it has ink
+    within the margin."""
     out = np.zeros_like(images)
-    height, width = images.shape[1:3]
-    for image, target, boxes, to in zip(images, out, cells, order):
-        for (new_top, new_left, _, _), (top, left, h, w) in zip(boxes, boxes[to]):
+    owners = cell_owners(cells, *images.shape[1:3])  # (B, H, W)
+    m = CELL_MARGIN
+    for image, target, owner, boxes, to in zip(images, out, owners, cells, order):
+        for (new_top, new_left, _, _), k in zip(boxes, to):
+            top, left, h, w = boxes[k]
             if h == 0:  # past the length
                 continue
-            h, w = min(h, height - new_top), min(w, width - new_left)
-            window = target[new_top : new_top + h, new_left : new_left + w]
-            np.maximum(window, image[top : top + h, left : left + w], out=window)
+            own = np.where((owner == k)[..., None], image, 0)
+            _paste_max(target, own, (top - m, left - m), (new_top - m, new_left - m), (h + 2 * m, w + 2 * m))
     return out, np.take_along_axis(labels, order, axis=1)
 
 

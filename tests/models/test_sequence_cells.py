@@ -25,6 +25,7 @@ def test_cell_ink_counts_shared_and_outside_pixels():
     images[1, 5, 5] = 9  # inside its only cell
     shared, outside = sequence_cells.cell_ink(images, boxes)
     assert shared.tolist() == [2, 0] and outside.tolist() == [1, 0]
+    assert sequence_cells.dropped_ink(images, boxes).tolist() == [1, 0]  # the pixel 5 rows and columns away
     assert sequence_cells.line("x", np.array([2, 0, 4, 0])) == "x: 50.0% of images, 3.0 pixels on average where any"
 
 
@@ -34,6 +35,7 @@ def test_the_script_reads_a_sequences_store_and_refuses_others(tmp_path):
                           text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "train: 40 images" in done.stdout and "ink where cells overlap: " in done.stdout
+    assert "ink that --permute drops: 0.0% of images" in done.stdout
     pairs = tiny_store(tmp_path / "pairs.zarr", name="mnist-pairs", limit=8, canvas=84)
     refused = subprocess.run([sys.executable, ROOT / "benchmarks" / "sequence_cells.py", "--store", pairs], capture_output=True,
                              text=True, cwd=ROOT)

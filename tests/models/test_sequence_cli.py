@@ -127,4 +127,4 @@ def test_permute_trains_mnist_sequences_and_refuses_other_stores(store, tmp_path
     assert bad.exit_code == 1 and "permuting digits trades the cells of a strip" in bad.output
     assert not (tmp_path / "bad").exists()
     both = run(train_main, ["--store", store, "--out", tmp_path / "both", "--permute", "--reposition", *CNN], ok=False)
-    assert both.exit_code != 0 and "exclude each other" in both.output and not (tmp_path / "both").exists()
+    assert both.exit_code == 1 and "exclude each other" in both.output and not (tmp_path / "both").exists()
