@@ -326,6 +326,19 @@ def pairs_store(tmp_path_factory):
     return tiny_store(tmp_path_factory.mktemp("pairs") / "pairs.zarr", name="mnist-pairs", limit=200, canvas=84)
 
 
+def _follows_seed_epoch_and_index(augmented, split, got, got_labels):
+    """`augmented(seed=1, epoch=3, batch_size=32, shuffle=False)` -> (images, labels, draws) of an
+    augmentation whose draws follow (seed, epoch, sample index), not the batch size or the order;
+    `got`, `got_labels`: its result with the defaults."""
+    np.testing.assert_array_equal(augmented(batch_size=7)[0], got)
+    shuffled, shuffled_labels, _ = augmented(shuffle=True)
+    index = Batches(split, 32, shuffle=True, seed=1, epoch=3)._order_index
+    np.testing.assert_array_equal(shuffled, got[index])
+    np.testing.assert_array_equal(shuffled_labels, got_labels[index])
+    draws = augmented()[2]
+    assert not np.array_equal(augmented(epoch=4)[2], draws) and not np.array_equal(augmented(seed=2)[2], draws)
+
+
 def test_reposition_moves_both_digits_and_relabels_in_reading_order(pairs_store):
     split = Split(open_store(pairs_store), "train")
     images, labels = split.arrays
@@ -350,13 +363,7 @@ def test_reposition_moves_both_digits_and_relabels_in_reading_order(pairs_store)
     assert (placed != boxes[:, :2, :2]).any(axis=(1, 2)).mean() > 0.95  # nearly every pair moved
     swapped = (got_labels[:, :2] != labels[:, :2]).any(axis=1)
     assert 0.2 < swapped.mean() < 0.8  # the reading order changed for many
-    # A sample's positions follow (seed, epoch, index), not the batch size or the epoch's order.
-    np.testing.assert_array_equal(moved(batch_size=7)[0], got)
-    shuffled, shuffled_labels, _ = moved(shuffle=True)
-    order = Batches(split, 32, shuffle=True, seed=1, epoch=3)._order_index
-    np.testing.assert_array_equal(shuffled, got[order])
-    np.testing.assert_array_equal(shuffled_labels, got_labels[order])
-    assert not np.array_equal(moved(epoch=4)[0], got) and not np.array_equal(moved(seed=2)[0], got)
+    _follows_seed_epoch_and_index(moved, split, got, got_labels)
     # Evaluation batches are the store's images.
     np.testing.assert_array_equal(epoch_samples(Batches(split, 32, shuffle=False))[0], images)
     # A streamed split gives the same epoch; a limited one reads as many boxes as samples.
@@ -433,13 +440,7 @@ def test_permute_trades_the_digits_between_their_cells_with_their_labels(sequenc
     several = lengths >= 2
     assert (order[several] != np.arange(5)).any(axis=1).mean() > 0.6  # most numbers of 2+ digits change
     np.testing.assert_array_equal(got[lengths == 1], images[lengths == 1])  # one digit stays as it is
-    # A sample's order follows (seed, epoch, index), not the batch size or the epoch's order.
-    np.testing.assert_array_equal(permuted(batch_size=7)[0], got)
-    shuffled, shuffled_labels, _ = permuted(shuffle=True)
-    index = Batches(split, 32, shuffle=True, seed=1, epoch=3)._order_index
-    np.testing.assert_array_equal(shuffled, got[index])
-    np.testing.assert_array_equal(shuffled_labels, got_labels[index])
-    assert not np.array_equal(permuted(epoch=4)[2], order) and not np.array_equal(permuted(seed=2)[2], order)
+    _follows_seed_epoch_and_index(permuted, split, got, got_labels)
     streamed = Split(open_store(sequences_store), "train", memory_limit=60 * 64 * 64)
     assert not streamed.in_memory
     np.testing.assert_array_equal(epoch_samples(Batches(streamed, 32, shuffle=False, seed=1, epoch=3, permute=True))[0], got)

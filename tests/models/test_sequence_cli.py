@@ -99,15 +99,19 @@ def test_svhn_64_from_the_real_sample_trains_evaluates_and_predicts(tmp_path, mo
     assert printed.startswith(f"{svhn_sample / 'test' / '1.png'}\t")
 
 
-def test_reposition_trains_mnist_pairs_and_refuses_other_stores(store, tmp_path):
-    pairs = tiny_store(tmp_path / "pairs.zarr", name="mnist-pairs", limit=48, canvas=84)
-    out = tmp_path / "moved"
-    run(train_main, ["--store", pairs, "--out", out, "--epochs", 1, "--batch-size", 16, "--reposition", *CNN])
-    assert json.loads((out / "metrics.json").read_text())["train"]["reposition"] is True
-    plain = tmp_path / "plain"  # the option reaches the training batches: another loss than without it
-    run(train_main, ["--store", pairs, "--out", plain, "--epochs", 1, "--batch-size", 16, *CNN])
+def _trains_with(flag: str, store, tmp_path):
+    """A 1-epoch run with `flag` records it, and its first loss differs from the same run's without
+    it (runs of one seed are repeatable, so the option reached the training batches)."""
+    out, plain = tmp_path / flag.strip("-"), tmp_path / "plain"
+    run(train_main, ["--store", store, "--out", out, "--epochs", 1, "--batch-size", 16, flag, *CNN])
+    assert json.loads((out / "metrics.json").read_text())["train"][flag.strip("-")] is True
+    run(train_main, ["--store", store, "--out", plain, "--epochs", 1, "--batch-size", 16, *CNN])
     loss = [next(csv.DictReader((folder / "log.csv").open()))["loss"] for folder in (out, plain)]
     assert loss[0] != loss[1]
+
+
+def test_reposition_trains_mnist_pairs_and_refuses_other_stores(store, tmp_path):
+    _trains_with("--reposition", tiny_store(tmp_path / "pairs.zarr", name="mnist-pairs", limit=48, canvas=84), tmp_path)
     for other in (store, tiny_store(tmp_path / "touching.zarr", name="mnist-pairs", limit=16, canvas=84, overlap=True)):
         bad = run(train_main, ["--store", other, "--out", tmp_path / "bad", "--reposition", *CNN], ok=False)
         assert bad.exit_code == 1 and "repositioning takes apart two digits that do not overlap" in bad.output
@@ -115,13 +119,7 @@ def test_reposition_trains_mnist_pairs_and_refuses_other_stores(store, tmp_path)
 
 
 def test_permute_trains_mnist_sequences_and_refuses_other_stores(store, tmp_path):
-    out = tmp_path / "permuted"
-    run(train_main, ["--store", store, "--out", out, "--epochs", 1, "--batch-size", 16, "--permute", *CNN])
-    assert json.loads((out / "metrics.json").read_text())["train"]["permute"] is True
-    plain = tmp_path / "plain"  # the option reaches the training batches: another loss than without it
-    run(train_main, ["--store", store, "--out", plain, "--epochs", 1, "--batch-size", 16, *CNN])
-    loss = [next(csv.DictReader((folder / "log.csv").open()))["loss"] for folder in (out, plain)]
-    assert loss[0] != loss[1]
+    _trains_with("--permute", store, tmp_path)
     pairs = tiny_store(tmp_path / "pairs.zarr", name="mnist-pairs", limit=16, canvas=84)
     bad = run(train_main, ["--store", pairs, "--out", tmp_path / "bad", "--permute", *CNN], ok=False)
     assert bad.exit_code == 1 and "permuting digits trades the cells of a strip" in bad.output
