@@ -321,14 +321,16 @@ def cell_owners(cells: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.argmin(key, axis=1)
 
 
-def _paste_max(target: np.ndarray, source: np.ndarray, src: tuple[int, int], dst: tuple[int, int], size: tuple[int, int]):
-    """target[dst : dst + size] = max(itself, source[src : src + size]), both cut to their arrays."""
+def _paste_max(target: np.ndarray, source: np.ndarray, keep: np.ndarray, src: tuple[int, int], dst: tuple[int, int],
+               size: tuple[int, int]):
+    """target[dst : dst + size] = max(itself, source[src : src + size] where `keep` (H, W), else 0),
+    all cut to their arrays."""
     (sy, sx), (dy, dx), (h, w) = src, dst, size
     y0, x0 = max(0, -sy, -dy), max(0, -sx, -dx)
     y1, x1 = min(h, source.shape[0] - sy, target.shape[0] - dy), min(w, source.shape[1] - sx, target.shape[1] - dx)
     if y1 > y0 and x1 > x0:
-        window = target[dy + y0 : dy + y1, dx + x0 : dx + x1]
-        np.maximum(window, source[sy + y0 : sy + y1, sx + x0 : sx + x1], out=window)
+        window, cut = target[dy + y0 : dy + y1, dx + x0 : dx + x1], (slice(sy + y0, sy + y1), slice(sx + x0, sx + x1))
+        np.maximum(window, np.where(keep[cut][..., None], source[cut], 0), out=window)
 
 
 def permute_digits(images: np.ndarray, labels: np.ndarray, cells: np.ndarray, order: np.ndarray):
@@ -347,8 +349,7 @@ def permute_digits(images: np.ndarray, labels: np.ndarray, cells: np.ndarray, or
             top, left, h, w = boxes[k]
             if h == 0:  # past the length
                 continue
-            own = np.where((owner == k)[..., None], image, 0)
-            _paste_max(target, own, (top - m, left - m), (new_top - m, new_left - m), (h + 2 * m, w + 2 * m))
+            _paste_max(target, image, owner == k, (top - m, left - m), (new_top - m, new_left - m), (h + 2 * m, w + 2 * m))
     return out, np.take_along_axis(labels, order, axis=1)
 
 
