@@ -312,13 +312,23 @@ def cell_owners(cells: np.ndarray, height: int, width: int) -> np.ndarray:
     """(B, H, W): for every pixel the index of the cell it goes with, among `cells` (B, 5, 4) =
     (top, left, height, width) (height 0: absent). A pixel goes with the cell nearest to it (city
     block distance to the box, 0 inside), and where two cells overlap (negative gaps) with the
-    one whose centre column is nearer: each pixel belongs to exactly one cell."""
-    top, left, h, w = (cells[..., i, None, None].astype(np.float64) for i in range(4))  # (B, 5, 1, 1)
-    y, x = np.arange(height)[:, None], np.arange(width)[None, :]  # (H, 1), (1, W)
-    outside = np.maximum(0, np.maximum(top - y, y - (top + h - 1))) + np.maximum(0, np.maximum(left - x, x - (left + w - 1)))
-    key = outside * 4 * width + np.abs(2 * x - (2 * left + w - 1))  # distance first, then the centre column
-    key = np.where(h > 0, key, np.inf)  # (B, 5, H, W)
-    return np.argmin(key, axis=1)
+    one whose centre column is nearer: each pixel belongs to exactly one cell (the first of equals)."""
+    top, left, h, w = (cells[..., i].astype(np.int32) for i in range(4))  # (B, 5)
+    y, x = np.arange(height, dtype=np.int32), np.arange(width, dtype=np.int32)
+    # The key (distance first, then the centre column) is a row part plus a column part: sum the
+    # two per cell and keep the running minimum, without a (B, 5, H, W) array.
+    rows = np.maximum(0, np.maximum(top[..., None] - y, y - (top + h - 1)[..., None])) * (4 * width)  # (B, 5, H)
+    outside_x = np.maximum(0, np.maximum(left[..., None] - x, x - (left + w - 1)[..., None]))
+    cols = outside_x * (4 * width) + np.abs(2 * x - (2 * left + w - 1)[..., None])  # (B, 5, W)
+    rows = np.where((h > 0)[..., None], rows, np.int32(2**30))  # absent cells lose to every present one
+    best = rows[:, 0, :, None] + cols[:, 0, None, :]
+    owners = np.zeros(best.shape, np.int8)
+    for k in range(1, cells.shape[1]):
+        key = rows[:, k, :, None] + cols[:, k, None, :]
+        nearer = key < best
+        np.copyto(best, key, where=nearer)
+        owners[nearer] = k
+    return owners
 
 
 def _paste_max(target: np.ndarray, source: np.ndarray, keep: np.ndarray, src: tuple[int, int], dst: tuple[int, int],
