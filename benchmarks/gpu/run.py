@@ -209,6 +209,23 @@ RUNS = [
     # could learn little), for a later call.
     *(Run(f"dram-pairs-leash-scales{scales}", "mnist-pairs", "dram", "visatt-small",
           ("emissions=3", f"scales={scales}", "location_leash=1.0")) for scales in (2, 3)),
+    # Third H200 session: with 2 scales the leashed DRAM learnt attention (`--preset visatt-leash`; 2.69% MC on
+    # mnist-pairs after 80 epochs at a constant rate, val flat from about epoch 30). A cosine schedule,
+    # and the same model on the other two DRAM targets (weight decay and the shift as for the CNNs and
+    # RAM). Epochs planned for 5 runs side by side: DRAM trained at 5,500 images/s beside 7 other runs and
+    # 13,800 beside 2 (mnist-pairs); sequences emit 6 times, digits 2 (pairs: 3).
+    Run("dram-pairs-leash-cosine", "mnist-pairs", "dram", "visatt-leash", (), cosine(60)),
+    Run("dram-seq-leash-cosine-wd", "mnist-sequences", "dram", "visatt-leash", (),
+        cosine(30, weight_decay=0.05, shift=8, shift_keep_ink=True)),
+    Run("dram-c60-leash-cosine-wd-shift", "mnist-cluttered-60", "dram", "visatt-leash", (),
+        cosine(80, weight_decay=0.05, shift=4)),
+    # The 2x wide CNN (1.90% in 25 epochs, third session) over 40, and ST-CNN with a classifier of the
+    # same widths and stages. `--permute`'s loader held these runs to ~5,500 images/s side by side.
+    Run("cnn-wide-seq-keepink8-permute-cosine-wd-40", "mnist-sequences", "cnn", "modern-seq-deep", WIDE,
+        cosine(40, weight_decay=0.05, shift=8, shift_keep_ink=True, permute=True)),
+    Run("stn-wide-seq-keepink8-permute-cosine-wd", "mnist-sequences", "stn", "st-cnn-single",
+        ("cls_filters=32,64,128,256,512", "cls_dense=512"),
+        cosine(30, weight_decay=0.05, shift=8, shift_keep_ink=True, permute=True)),
 ]
 RUN_FILES = ("run.json", "state.json", "metrics.json", "log.csv")  # and every picture (*.png)
 
