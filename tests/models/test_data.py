@@ -480,6 +480,25 @@ def test_overlapping_cells_split_their_shared_columns_and_carry_their_spill():
     assert (out > 0).sum() == (image > 0).sum()  # nothing doubled, nothing lost
 
 
+def test_cell_owners_follow_the_nearest_box_then_the_nearer_centre_column():
+    from pipelines.batches import cell_owners
+
+    rng = np.random.default_rng(3)
+    height, width = 16, 24
+    cells = np.zeros((40, 5, 4), np.int32)
+    for cell in cells:
+        for k in range(rng.integers(1, 6)):  # present cells first, the rest absent (height 0)
+            h, w = rng.integers(1, 10), rng.integers(1, 12)
+            cell[k] = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1), h, w
+    owners = cell_owners(cells, height, width)
+    for b, cell in enumerate(cells):  # the rule, pixel by pixel: first of the smallest (distance, centre offset)
+        for y in range(height):
+            for x in range(width):
+                keys = [(max(0, top - y, y - (top + h - 1)) + max(0, left - x, x - (left + w - 1)),
+                         abs(2 * x - (2 * left + w - 1)), k) for k, (top, left, h, w) in enumerate(cell) if h > 0]
+                assert owners[b, y, x] == min(keys)[2], (b, y, x)
+
+
 def test_digit_orders_are_uniform_over_each_lengths_orders():
     from itertools import permutations
 
