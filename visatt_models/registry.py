@@ -137,7 +137,7 @@ MODELS: dict[str, ModelEntry] = {
             ),
             "visatt-leash": Preset(
                 "`visatt-small` with the paper's 2 scales and a leash on the policy means (`location_leash` 1.0: a "
-                "penalty on means past the clip, which keeps the glimpses on the image from the first step): 2.69% "
+                "penalty that pulls means past the clip back, from the first step, with no warm-up): 2.69% "
                 "MC sequence error on `mnist-pairs` with `--set emissions=3` in 80 epochs (H200), 1.37% "
                 "deterministic on `mnist-cluttered-60` in 120 (CPU; docs/results.md).",
                 {**_DRAM_SMALL, "scales": 2, "location_leash": 1.0},
