@@ -2,6 +2,8 @@
 
 - `GlimpseSensor`: the retina rho(x, l) as a layer, (B, H, W, C), (B, 2) -> (B, S, g, g, C)
   (multi-resolution patches, `sampler.Retina`: all glimpses of a batch in two matmuls).
+- `ConvGlimpseNetwork`: DRAM's glimpse network (also RAM's with `glimpse_network="conv"`): the
+  retina's scales as channels through convs, "what" times "where".
 - `LocationNetwork`: the Gaussian location policy (RAM's f_l, DRAM's emission network):
   a linear mean from a hidden state, fixed std, a sample, log pi.
 - `BaselineNetwork`: b_t, a linear prediction of the reward from a (stop-gradient'ed) state.
@@ -22,6 +24,7 @@ import keras
 from keras import layers, ops
 
 from visatt_models.base import VisattModel, weighted_mean
+from visatt_models.cnn import conv_stack
 from visatt_models.sampler import Retina
 
 
@@ -51,6 +54,51 @@ class GlimpseSensor(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "patch_size": self.patch_size, "num_scales": self.num_scales}
+
+
+@keras.saving.register_keras_serializable(package="visatt")
+class ConvGlimpseNetwork(layers.Layer):
+    """DRAM's glimpse network (Sec. 3.1): the retina's S patches stacked as channels
+    (B, g, g, S C) through the convs and a ReLU FC ("what"), times a ReLU FC of the location
+    ("where"): g_t = what * where, (B, glimpse_size).
+
+    "where" starts with biases of 1, i.e. as a pass-through (where = ReLU(W l + 1) ~ 1 near the
+    centre): with zero biases the product is ~0 for locations near (0, 0), where every glimpse
+    path starts, and the first run learnt nothing in an epoch (digits at chance)."""
+
+    def __init__(self, patch_size, scales, filters, kernels, units, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self._args = dict(patch_size=patch_size, scales=scales, filters=tuple(filters), kernels=tuple(kernels),
+                          units=units, seed=seed)
+        self.retina = GlimpseSensor(patch_size, scales, name="retina")
+        self.convs = conv_stack(filters, kernels, seed + 20, "glimpse", pool=False)
+        self.flatten = layers.Flatten()
+        self.fc_what = seeded_dense(units, seed + 30, "relu", name="fc_what")
+        self.fc_where = layers.Dense(units, activation="relu", name="fc_where", bias_initializer="ones",
+                                     kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 31))
+
+    def build(self, images_shape):
+        """`images_shape`: (B, H, W, C) of the model's input."""
+        g, s = self.retina.patch_size, self.retina.num_scales
+        shape = (None, g, g, s * images_shape[-1])
+        for conv in self.convs:  # 'same' padding, no pooling: g x g throughout
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+        self.fc_what.build((None, g * g * shape[-1]))
+        self.fc_where.build((None, 2))
+        self.built = True
+
+    def call(self, x, l_t):
+        patches = self.retina(x, l_t)  # (B, S, g, g, C)
+        s, g, c = patches.shape[1], patches.shape[2], patches.shape[4]
+        h = ops.reshape(ops.transpose(patches, (0, 2, 3, 1, 4)), (-1, g, g, s * c))  # (B, g, g, S C)
+        for conv in self.convs:
+            h = conv(h)
+        return self.fc_what(self.flatten(h)) * self.fc_where(l_t)  # g_t: (B, units)
+
+    def get_config(self):
+        return {**super().get_config(), **self._args}
+
 
 
 @keras.saving.register_keras_serializable(package="visatt")

@@ -52,7 +52,7 @@ from keras import layers, ops
 from visatt_models.attention import (
     AttentionModel,
     BaselineNetwork,
-    GlimpseSensor,
+    ConvGlimpseNetwork,
     LocationNetwork,
     check_policy_config,
     reinforce_terms,
@@ -124,39 +124,6 @@ class DRAMConfig:
             raise ValueError(f"context_size {self.context_size} does not survive {len(self.context_filters)} 2x2 "
                              f"max-pools (needs >= {2 ** len(self.context_filters)})")
         check_policy_config(self)
-
-
-@keras.saving.register_keras_serializable(package="visatt")
-class ConvGlimpseNetwork(layers.Layer):
-    """DRAM's glimpse network (Sec. 3.1): the retina's S patches stacked as channels
-    (B, g, g, S C) through the convs and a ReLU FC ("what"), times a ReLU FC of the location
-    ("where"): g_t = what * where, (B, glimpse_size).
-
-    "where" starts with biases of 1, i.e. as a pass-through (where = ReLU(W l + 1) ~ 1 near the
-    centre): with zero biases the product is ~0 for locations near (0, 0), where every glimpse
-    path starts, and the first run learnt nothing in an epoch (digits at chance)."""
-
-    def __init__(self, patch_size, scales, filters, kernels, units, seed=0, **kwargs):
-        super().__init__(**kwargs)
-        self._args = dict(patch_size=patch_size, scales=scales, filters=tuple(filters), kernels=tuple(kernels),
-                          units=units, seed=seed)
-        self.retina = GlimpseSensor(patch_size, scales, name="retina")
-        self.convs = conv_stack(filters, kernels, seed + 20, "glimpse", pool=False)
-        self.flatten = layers.Flatten()
-        self.fc_what = seeded_dense(units, seed + 30, "relu", name="fc_what")
-        self.fc_where = layers.Dense(units, activation="relu", name="fc_where", bias_initializer="ones",
-                                     kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 31))
-
-    def call(self, x, l_t):
-        patches = self.retina(x, l_t)  # (B, S, g, g, C)
-        s, g, c = patches.shape[1], patches.shape[2], patches.shape[4]
-        h = ops.reshape(ops.transpose(patches, (0, 2, 3, 1, 4)), (-1, g, g, s * c))  # (B, g, g, S C)
-        for conv in self.convs:
-            h = conv(h)
-        return self.fc_what(self.flatten(h)) * self.fc_where(l_t)  # g_t: (B, units)
-
-    def get_config(self):
-        return {**super().get_config(), **self._args}
 
 
 @keras.saving.register_keras_serializable(package="visatt")

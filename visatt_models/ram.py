@@ -2,7 +2,7 @@
 Attention", NIPS 2014 (arXiv:1406.6247).
 
 One class per box of the paper's Fig. 1: the glimpse sensor (`attention.GlimpseSensor`),
-`GlimpseNetwork` (f_g), `CoreNetwork` (f_h), the location network f_l and the baseline b_t (shared
+`GlimpseNetwork` (f_g; or DRAM's convolutional one, `glimpse_network="conv"`), `CoreNetwork` (f_h), the location network f_l and the baseline b_t (shared
 with DRAM in `attention.py`), and the action network f_a, which is the task's head
 (`tasks.TaskHead`: one softmax on single-digit stores, the sequence heads on multi-digit ones).
 `RAM` unrolls them for `glimpses` steps and trains with the paper's hybrid loss (Sec. 4): the
@@ -38,6 +38,7 @@ from keras import layers, ops
 from visatt_models.attention import (
     AttentionModel,
     BaselineNetwork,
+    ConvGlimpseNetwork,
     GlimpseSensor,
     LocationNetwork,
     check_policy_config,
@@ -68,6 +69,13 @@ class RAMConfig:
     glimpse_hidden: int = 128  # h_g
     location_hidden: int = 128  # h_l
     glimpse_size: int = 256  # g_t
+    # "dense": the paper's f_g (`GlimpseNetwork`). "conv": DRAM's (`attention.ConvGlimpseNetwork`):
+    # the S scales stacked as channels through `conv_filters`/`conv_kernels` ('same' padding, no
+    # pooling) and a ReLU FC ("what", glimpse_size), times a ReLU FC of l_t ("where");
+    # glimpse_hidden and location_hidden are then unused.
+    glimpse_network: Literal["dense", "conv"] = "dense"
+    conv_filters: tuple[int, ...] = (32, 32, 64)
+    conv_kernels: tuple[int, ...] = (5, 3, 3)
     core: Literal["lstm", "rnn"] = "lstm"  # the seed article's LSTM or the paper's ReLU RNN
     core_size: int = 256  # h_t
     std: float = 0.17
@@ -103,8 +111,14 @@ class RAMConfig:
     seed: int = 0  # weight initialisation and location sampling
 
     def __post_init__(self):
+        for name in ("conv_filters", "conv_kernels"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         if self.core not in ("lstm", "rnn"):
             raise ValueError(f"core must be 'lstm' or 'rnn', got {self.core!r}")
+        if self.glimpse_network not in ("dense", "conv"):
+            raise ValueError(f"glimpse_network must be 'dense' or 'conv', got {self.glimpse_network!r}")
+        if len(self.conv_filters) != len(self.conv_kernels) or min(self.conv_filters + self.conv_kernels, default=1) < 1:
+            raise ValueError("conv_filters and conv_kernels must have equal lengths and positive entries")
         for name in ("glimpses", "patch_size", "scales", "glimpse_hidden", "location_hidden",
                      "glimpse_size", "core_size"):
             if getattr(self, name) < 1:
@@ -235,9 +249,14 @@ class RAM(AttentionModel):
         super().__init__(config, task, **kwargs)
         config = self.config
         seed = config.seed * 100
-        self.glimpse_network = GlimpseNetwork(
-            config.patch_size, config.scales, config.glimpse_hidden, config.location_hidden,
-            config.glimpse_size, seed=seed, name="glimpse_network")
+        if config.glimpse_network == "conv":
+            self.glimpse_network = ConvGlimpseNetwork(
+                config.patch_size, config.scales, config.conv_filters, config.conv_kernels,
+                config.glimpse_size, seed=seed, name="glimpse_network")
+        else:
+            self.glimpse_network = GlimpseNetwork(
+                config.patch_size, config.scales, config.glimpse_hidden, config.location_hidden,
+                config.glimpse_size, seed=seed, name="glimpse_network")
         self.core_network = CoreNetwork(config.core, config.core_size, seed=seed,
                                         name="core_network")
         self.location_network = LocationNetwork(

@@ -425,3 +425,43 @@ def test_dropout_and_the_mean_path_train_together_and_need_the_images(batch):
     assert np.isfinite(history["loss"][0]) and history["mean_path_ce"][0] > 0
     with pytest.raises(ValueError, match="needs the images"):
         model.compute_loss(y=labels, y_pred=model(images))
+
+
+CONV = dataclasses.replace(TINY, glimpse_network="conv", conv_filters=(4, 6), conv_kernels=(3, 3))
+
+
+def test_a_conv_glimpse_network_is_drams_and_trains_every_part(batch, tmp_path):
+    images, labels = batch
+    model = RAM(CONV)
+    out = model(images)
+    assert tuple(out["logits"].shape) == (8, 10) and tuple(out["locations"].shape) == (8, 3, 2)
+    glimpse = model.glimpse_network
+    # The scales stacked as channels (2 scales x 1 channel) into the first conv, 'same' padding:
+    # "what" reads 4 x 4 x 6 features.
+    assert tuple(glimpse.convs[0].kernel.shape) == (3, 3, 2, 4)
+    assert tuple(glimpse.fc_what.kernel.shape) == (4 * 4 * 6, TINY.glimpse_size)
+    assert tuple(glimpse.fc_where.kernel.shape) == (2, TINY.glimpse_size)
+    before = weights_of(glimpse)
+    fit_one_step(model, images, labels)
+    after = weights_of(glimpse)
+    assert all(np.any(a != b) for a, b in zip(before, after))  # every conv and FC weight learns
+    path = tmp_path / "ram-conv.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.config == model.config and loaded.config.conv_filters == (4, 6)
+    for key in ("logits", "locations", "log_pi"):
+        np.testing.assert_array_equal(np.asarray(model(images)[key]), np.asarray(loaded(images)[key]))
+
+
+def test_a_conv_glimpse_network_is_seeded_and_differs_from_the_dense_one(batch):
+    images, _ = batch
+    a, b = RAM(CONV)(images), RAM(CONV)(images)
+    np.testing.assert_array_equal(np.asarray(a["logits"]), np.asarray(b["logits"]))
+    dense = RAM(TINY)(images)
+    assert not np.allclose(np.asarray(a["logits"]), np.asarray(dense["logits"]))
+
+
+@pytest.mark.parametrize("bad", [{"glimpse_network": "mlp"}, {"conv_filters": (4,)}, {"conv_filters": (4, 0)}])
+def test_config_rejects_a_bad_glimpse_network(bad):
+    with pytest.raises(ValueError):
+        dataclasses.replace(CONV, **bad)
