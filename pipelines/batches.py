@@ -255,17 +255,26 @@ class Batches(keras.utils.PyDataset):
         return self._windows[w]
 
 
+def _check_family(info, family, forbidden: dict[str, str], needs: str) -> None:
+    """ValueError unless `info`'s store is of the builder `family` with none of the `forbidden`
+    recipe options set ({recipe key: its name in the message}); `needs` says what the caller
+    needs, for the message."""
+    from pipelines.datasets import DATASETS
+
+    spec = DATASETS.get(info.dataset)
+    if spec is None or spec.family is not family or any(info.recipe.get(key) for key in forbidden):
+        own = spec is not None and spec.family is family
+        raise ValueError(f"{needs}; this is a {info.dataset} store" + (f" with {' or '.join(forbidden.values())}" if own else ""))
+
+
 def check_reposition(info) -> int:
     """The canvas size of a store whose images `reposition_pairs` can take apart (two digits'
     cells that do not overlap, no clutter: `mnist-pairs`); ValueError for any other store."""
-    from pipelines.datasets import DATASETS
     from pipelines.sequences import PAIRS
 
-    spec, recipe = DATASETS.get(info.dataset), info.recipe
-    if spec is None or spec.family is not PAIRS or recipe.get("overlap") or recipe.get("clutter_count"):
-        raise ValueError(f"repositioning takes apart two digits that do not overlap on an empty canvas (mnist-pairs without "
-                         f"overlap or clutter); this is a {info.dataset} store"
-                         + (" with overlap or clutter" if spec is not None and spec.family is PAIRS else ""))
+    _check_family(info, PAIRS, {"overlap": "overlap", "clutter_count": "clutter"},
+                  "repositioning takes apart two digits that do not overlap on an empty canvas (mnist-pairs without "
+                  "overlap or clutter)")
     return int(info.image_shape[0])  # square canvases
 
 
@@ -287,14 +296,11 @@ def reposition_pairs(images: np.ndarray, labels: np.ndarray, boxes: np.ndarray, 
 def check_permute(info) -> None:
     """Refuse (ValueError) a store whose digits `permute_digits` cannot trade places: anything but
     `mnist-sequences` without clutter (clutter would move with the cells it crosses)."""
-    from pipelines.datasets import DATASETS
     from pipelines.sequences import SEQUENCES
 
-    spec = DATASETS.get(info.dataset)
-    if spec is None or spec.family is not SEQUENCES or info.recipe.get("clutter_count"):
-        raise ValueError(f"permuting digits trades the cells of a strip of MNIST digits on an empty canvas "
-                         f"(mnist-sequences without clutter); this is a {info.dataset} store"
-                         + (" with clutter" if spec is not None and spec.family is SEQUENCES else ""))
+    _check_family(info, SEQUENCES, {"clutter_count": "clutter"},
+                  "permuting digits trades the cells of a strip of MNIST digits on an empty canvas "
+                  "(mnist-sequences without clutter)")
 
 
 def digit_orders(rng: np.random.Generator, lengths: np.ndarray) -> np.ndarray:
