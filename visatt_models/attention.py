@@ -100,7 +100,6 @@ class ConvGlimpseNetwork(layers.Layer):
         return {**super().get_config(), **self._args}
 
 
-
 @keras.saving.register_keras_serializable(package="visatt")
 class LocationNetwork(layers.Layer):
     """Location network f_l(h; theta_l) and its Gaussian policy (RAM Sec. 3.1, 4.1; DRAM's
