@@ -63,7 +63,7 @@ THROUGHPUT = [
     ("CNN modern-seq-deep", "cnn", "modern-seq-deep", "sequence", 64, 128),
     ("CNN modern-seq-deep, 2x wide", "cnn", "modern-seq-deep", "sequence", 64, 128, WIDE),
     ("RAM visatt-60", "ram", "visatt-60", "digit", 60, 128),
-    ("RAM visatt-60, conv glimpses 32/32/64, 12 glimpses", "ram", "visatt-60", "digit", 60, 128,
+    ("RAM conv glimpses: visatt-60, 32/32/64, 12 glimpses", "ram", "visatt-60", "digit", 60, 128,
      ("glimpse_network=conv", "conv_filters=32,32,64", "glimpses=12")),
     ("CNN seed", "cnn", "seed", "digit", 100, 128),
     ("DRAM paper", "dram", "paper", "sequence", 64, 128),
