@@ -465,3 +465,12 @@ def test_a_conv_glimpse_network_is_seeded_and_differs_from_the_dense_one(batch):
 def test_config_rejects_a_bad_glimpse_network(bad):
     with pytest.raises(ValueError):
         dataclasses.replace(CONV, **bad)
+
+
+def test_the_conv_preset_is_visatt_60_with_conv_glimpses_and_a_leash():
+    conv, dense = preset("visatt-60-conv"), preset("visatt-60")
+    assert dataclasses.replace(conv, glimpse_network="dense", conv_filters=dense.conv_filters, location_leash=0.0) == dense
+    assert (conv.glimpse_network, conv.conv_filters, conv.location_leash) == ("conv", (16, 16, 32), 1.0)
+    model = RAM(conv)
+    assert tuple(model(np.zeros((2, 60, 60, 1), np.uint8))["logits"].shape) == (2, 10)
+    assert tuple(model.glimpse_network.convs[0].kernel.shape) == (5, 5, 3, 16)  # 3 scales as channels
