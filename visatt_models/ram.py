@@ -2,8 +2,9 @@
 Attention", NIPS 2014 (arXiv:1406.6247).
 
 One class per box of the paper's Fig. 1: the glimpse sensor (`attention.GlimpseSensor`),
-`GlimpseNetwork` (f_g; or DRAM's convolutional one, `glimpse_network="conv"`), `CoreNetwork` (f_h), the location network f_l and the baseline b_t (shared
-with DRAM in `attention.py`), and the action network f_a, which is the task's head
+`GlimpseNetwork` (f_g; or DRAM's convolutional one, `glimpse_network="conv"`), `CoreNetwork`
+(f_h), the location network f_l and the baseline b_t (shared with DRAM in `attention.py`), and
+the action network f_a, which is the task's head
 (`tasks.TaskHead`: one softmax on single-digit stores, the sequence heads on multi-digit ones).
 `RAM` unrolls them for `glimpses` steps and trains with the paper's hybrid loss (Sec. 4): the
 task's cross-entropy for the classifier, REINFORCE for the location policy and a squared error
