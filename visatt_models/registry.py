@@ -39,6 +39,8 @@ class ModelEntry:
 # The multi-digit CNN (`modern-seq`); `modern-seq-deep` changes only its widths.
 _MODERN_SEQ = {"arch": "modern", "widths": (16, 32, 64, 128), "pool": "flatten", "dense": 256, "dropout": 0.3,
                "dense_dropout": 0.3}
+# RAM's recipe for 60x60 (`visatt-60`), which `visatt-60-conv` extends.
+_VISATT_60 = {"glimpses": 8, "patch_size": 12, "scales": 3, "core": "lstm", "std": 0.11, "reinforce_weight": 0.05}
 # DRAM's CPU-sized networks and RAM's `visatt-*` policy recipe (`visatt-small`).
 _DRAM_SMALL = {"conv_filters": (32, 32, 64), "glimpse_size": 256, "lstm_units": 256, "classifier_hidden": 256,
                "glimpses_per_digit": 3, "std": 0.11, "reinforce_weight": 0.05}
@@ -94,15 +96,14 @@ MODELS: dict[str, ModelEntry] = {
             # early glimpses hover around the centre.
             "visatt-60": Preset("Our recipe for 60x60: `paper-60` with an LSTM core, std 0.11 and the policy gradient "
                                 "reaching the core at weight 0.05.",
-                                {"glimpses": 8, "patch_size": 12, "scales": 3, "core": "lstm", "std": 0.11, "reinforce_weight": 0.05}),
+                                _VISATT_60),
             "visatt-100": Preset("Our recipe for 100x100: `paper-100` with the changes of `visatt-60`.",
                                  {"glimpses": 8, "patch_size": 12, "scales": 4, "core": "lstm", "std": 0.11, "reinforce_weight": 0.05}),
             # 2.28% deterministic on mnist-cluttered-60 over 100 CPU epochs (docs/results.md), against 3.82 for
             # `visatt-60`'s dense glimpses over 207.
             "visatt-60-conv": Preset("`visatt-60` with DRAM's convolutional glimpse network (convs 16/16/32 on the scales "
                                      "stacked as channels, \"what\" times \"where\") and a leash of 1.0 on the policy means.",
-                                     {"glimpses": 8, "patch_size": 12, "scales": 3, "core": "lstm", "std": 0.11,
-                                      "reinforce_weight": 0.05, "glimpse_network": "conv", "conv_filters": (16, 16, 32),
+                                     {**_VISATT_60, "glimpse_network": "conv", "conv_filters": (16, 16, 32),
                                       "location_leash": 1.0}),
         },
     ),
