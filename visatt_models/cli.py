@@ -127,9 +127,11 @@ class CropType(click.ParamType):
 @click.option("--seed", type=click.IntRange(0), default=_DEFAULTS.seed, show_default=True, help="Run seed: weights, data order, sampling.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N samples of each split (quick runs).")
 @click.option("--mc", "mc_samples", type=click.IntRange(0), default=_DEFAULTS.mc_samples, show_default=True, help="Stochastic models (RAM, DRAM): Monte-Carlo location samples at test time (0: none).")
-@click.option("--head", type=click.Choice(["independent", "length"]), default=None,
+@click.option("--head", type=click.Choice(["independent", "length", "ctc"]), default=None,
               help="Sequence stores: 'independent' (default; a softmax over the digits and the blank per position, the "
-                   "seed article's SVHN baseline) or 'length' (Goodfellow et al. 2013: a length softmax and digit softmaxes).")
+                   "seed article's SVHN baseline), 'length' (Goodfellow et al. 2013: a length softmax and digit softmaxes) "
+                   "or 'ctc' (a softmax per frame, left to right, with the CTC loss; needs a CNN or STN with "
+                   "pool=columns, e.g. cnn --preset modern-seq-ctc).")
 @click.option("--reverse", is_flag=True, help="Sequence stores: train a right-to-left reader on reversed labels (DRAM's "
               "backward model; combine it with a left-to-right run in visatt-eval --backward).")
 @click.option("--crop", type=CropType(), default=None, help="Train on random H x W crops (per seed, epoch and sample), "

@@ -11,7 +11,11 @@ small digit among clutter other than memorising positions.
 global average pooling, so the classifier is translation invariant and the receptive field
 (~90 px with four stages) covers the canvas. ~1.2M parameters with the default widths. For
 sequences `pool="flatten"` keeps the final map's layout (which digit is where) and a hidden
-dense layer reads it, like the fully connected layers of Goodfellow et al. 2013.
+dense layer reads it, like the fully connected layers of Goodfellow et al. 2013. With
+`pool="columns"` (for the `ctc` sequence head) the stages after the second halve only the
+height, the final map is averaged over its rows into a sequence of frames, one per 4-pixel
+column band, left to right, and an optional bidirectional LSTM (`rnn`) reads the frames in
+context before the per-frame softmax: CRNN (Shi et al. 2015) on the residual backbone.
 
 Both are feature extractors topped by the task's heads (`tasks.TaskHead`): one softmax on a
 single-digit store; on a sequence store either the seed article's SVHN baseline (5 independent
@@ -38,6 +42,8 @@ DEFAULT_WIDTHS = {"seed": (32, 64), "modern": (32, 64, 128, 256)}
 # next to the tiny activation variances of sparse canvases that wrecks inference for the first
 # thousands of steps. 0.9 (PyTorch's default) forgets the initial value within ~50 steps.
 BN_MOMENTUM = 0.9
+# pool="columns": the stages that halve the width too (then one frame per 4-pixel column band).
+COLUMN_STAGES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,24 +53,29 @@ class CNNConfig:
     arch: "seed" (Keras mnist_cnn) or "modern" (residual net).
     widths: seed: the two conv widths; modern: stem width then one entry per stage (each stage
         halves the resolution). Empty means the arch's default (`DEFAULT_WIDTHS`).
-    pool: modern only: "average" (global average pooling: translation invariant, for one digit)
-        or "flatten" (keeps where each feature is: a multi-digit head must know which digit
-        comes first, as Goodfellow et al.'s fully connected layers do).
+    pool: modern only: "average" (global average pooling: translation invariant, for one digit),
+        "flatten" (keeps where each feature is: a multi-digit head must know which digit
+        comes first, as Goodfellow et al.'s fully connected layers do) or "columns" (frames of
+        4-pixel column bands, for the sequence task's `ctc` head: stages after the second
+        stride by 2 in height only, and the final map is averaged over its rows).
     dense: width of the hidden dense layer (ReLU) before the heads; None: the arch's default
         (seed 128, modern none); 0: none.
     dropout: seed: dropout after the conv block (0.25); modern: dropout before the hidden dense
         layer (or the heads).
     dense_dropout: dropout after the hidden dense layer (seed: 0.5).
     blocks: modern only: basic blocks per stage.
+    rnn: `pool="columns"` only: units per direction of a bidirectional LSTM over the frames
+        (0: none), dropout `dense_dropout` after it; `dense` then applies to each frame.
     """
 
     arch: Literal["seed", "modern"] = "seed"
     widths: tuple[int, ...] = ()
-    pool: Literal["average", "flatten"] = "average"
+    pool: Literal["average", "flatten", "columns"] = "average"
     dense: int | None = None
     dropout: float = 0.25
     dense_dropout: float = 0.5
     blocks: int = 1
+    rnn: int = 0
 
     def __post_init__(self):
         if self.arch not in DEFAULT_WIDTHS:
@@ -80,10 +91,14 @@ class CNNConfig:
             raise ValueError("the seed CNN has a hidden dense layer (dense >= 1)")
         if self.arch == "modern" and len(self.widths) < 2:
             raise ValueError(f"the modern CNN needs a stem width and at least one stage, got {self.widths}")
-        if self.pool not in ("average", "flatten"):
-            raise ValueError(f"pool must be 'average' or 'flatten', got {self.pool!r}")
-        if any(w < 1 for w in self.widths) or self.dense < 0 or self.blocks < 1:
-            raise ValueError("widths and blocks must be positive, dense non-negative")
+        if self.pool not in ("average", "flatten", "columns"):
+            raise ValueError(f"pool must be 'average', 'flatten' or 'columns', got {self.pool!r}")
+        if any(w < 1 for w in self.widths) or self.dense < 0 or self.blocks < 1 or self.rnn < 0:
+            raise ValueError("widths and blocks must be positive, dense and rnn non-negative")
+        if self.pool == "columns" and self.arch != "modern":
+            raise ValueError("pool='columns' is the modern CNN's (arch=modern)")
+        if self.rnn and self.pool != "columns":
+            raise ValueError("rnn reads frames: it needs pool='columns'")
         check_rates(self, "dropout", "dense_dropout")
 
 
@@ -176,13 +191,35 @@ def feature_layers(c: CNNConfig) -> list:
             layers.Dropout(c.dense_dropout),
         ]
     features = [ConvBN(c.widths[0])]  # stem at full resolution
-    for width in c.widths[1:]:
-        features.append(BasicBlock(width, strides=2))
+    for stage, width in enumerate(c.widths[1:]):
+        strides = (2, 1) if c.pool == "columns" and stage >= COLUMN_STAGES else 2
+        features.append(BasicBlock(width, strides=strides))
         features.extend(BasicBlock(width) for _ in range(c.blocks - 1))
-    features += [layers.GlobalAveragePooling2D() if c.pool == "average" else layers.Flatten(), layers.Dropout(c.dropout)]
+    pool = {"average": layers.GlobalAveragePooling2D, "flatten": layers.Flatten, "columns": ColumnPool}[c.pool]
+    features += [pool(), layers.Dropout(c.dropout)]
+    if c.rnn:
+        features += [layers.Bidirectional(layers.LSTM(c.rnn, return_sequences=True)), layers.Dropout(c.dense_dropout)]
     if c.dense:
         features += [layers.Dense(c.dense, activation="relu"), layers.Dropout(c.dense_dropout)]
     return features
+
+
+def check_frames(task, frames: bool) -> None:
+    """Raise ValueError unless a model emits frames (`pool="columns"`) exactly when `task` has the
+    per-frame `ctc` head."""
+    ctc = getattr(task, "head", None) == "ctc"
+    if ctc and not frames:
+        raise ValueError("the ctc head reads a sequence of frames: set pool=columns")
+    if frames and not ctc:
+        raise ValueError("pool=columns makes frames for the sequence task's ctc head: add --head ctc")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ColumnPool(layers.Layer):
+    """(B, H, W, C) -> (B, W, C): the mean over rows, one frame per column, left to right."""
+
+    def call(self, x):
+        return ops.mean(x, axis=1)
 
 
 def apply_layers(stack, x, training):
@@ -204,6 +241,10 @@ class CNN(VisattModel):
         super().__init__(config, task, **kwargs)
         self.features = feature_layers(self.config)
         self.classifier = TaskHead(self.task, name="classifier")
+
+    @classmethod
+    def check_task(cls, task, config=None) -> None:
+        check_frames(task, config is not None and config.pool == "columns")
 
     def call(self, images, training=False):
         x = ops.cast(images, "float32") / 255.0  # (B, H, W, C) in [0, 1]

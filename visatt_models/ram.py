@@ -246,6 +246,11 @@ class RAM(AttentionModel):
 
     config_cls = RAMConfig
 
+    @classmethod
+    def check_task(cls, task, config=None) -> None:
+        if getattr(task, "head", None) == "ctc":
+            raise ValueError("RAM classifies from its last state, one vector: it has no frames for the ctc head")
+
     def __init__(self, config: RAMConfig | None = None, task=None, **kwargs):
         super().__init__(config, task, **kwargs)
         config = self.config

@@ -75,6 +75,13 @@ MODELS: dict[str, ModelEntry] = {
                 "`mnist-pairs`.",
                 {**_MODERN_SEQ, "widths": (16, 32, 64, 128, 256)},
             ),
+            "modern-seq-ctc": Preset(
+                "For `--head ctc`: `modern-seq`'s backbone (16-32-64-128) with its last stage halving only the "
+                "height, averaged over rows into one frame per 4-pixel column band (16 on 64x64), a "
+                "bidirectional LSTM of 128 units a direction over the frames and the per-frame softmax: CRNN "
+                "(Shi et al. 2015). A digit is read by the same weights wherever it is on the canvas.",
+                {**_MODERN_SEQ, "pool": "columns", "rnn": 128, "dense": 0},
+            ),
         },
     ),
     "ram": ModelEntry(

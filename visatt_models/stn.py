@@ -29,7 +29,7 @@ from keras import layers, ops
 
 from visatt_models.base import VisattModel
 from visatt_models.config import check_rates
-from visatt_models.cnn import CNNConfig, apply_layers, conv_stack, feature_layers
+from visatt_models.cnn import CNNConfig, apply_layers, check_frames, conv_stack, feature_layers
 from visatt_models.sampler import affine_grid, bilinear_sample
 from visatt_models.tasks import TaskHead
 
@@ -49,6 +49,9 @@ class STNConfig:
         its final map flattened into the hidden dense layer `cls_dense` (the ST-CNN reads the
         digits' order from where they are). `dropout` before the heads (and, for "modern",
         before the hidden layer).
+    cls_pool, cls_rnn: "modern" only: "flatten" (above) or "columns": frames of column bands
+        for the sequence task's `ctc` head, read by a bidirectional LSTM of `cls_rnn` units per
+        direction (0: none), then `cls_dense` per frame (0: none); see `cnn.CNNConfig`.
     """
 
     loc_filters: tuple[int, ...] = (20, 20)
@@ -62,6 +65,8 @@ class STNConfig:
     cls_kernel: int = 3
     cls_dense: int = 128
     cls_blocks: int = 1
+    cls_pool: Literal["flatten", "columns"] = "flatten"
+    cls_rnn: int = 0
     dropout: float = 0.0
     seed: int = 0
 
@@ -77,6 +82,10 @@ class STNConfig:
             raise ValueError(f"classifier must be 'convnet' or 'modern', got {self.classifier!r}")
         if self.classifier == "modern" and len(self.cls_filters) < 2:
             raise ValueError(f"the modern classifier needs a stem width and at least one stage, got {self.cls_filters}")
+        if self.cls_pool not in ("flatten", "columns") or (self.cls_pool == "columns" and self.classifier != "modern"):
+            raise ValueError(f"cls_pool must be 'flatten' or, with the modern classifier, 'columns'; got {self.cls_pool!r}")
+        if self.cls_rnn < 0 or (self.cls_rnn and self.cls_pool != "columns"):
+            raise ValueError(f"cls_rnn reads frames: it needs cls_pool='columns' (and >= 0), got {self.cls_rnn}")
         if self.init not in ("identity", "zoom"):
             raise ValueError(f"init must be 'identity' or 'zoom', got {self.init!r}")
         if not self.zoom > 0:
@@ -167,10 +176,15 @@ class STN(VisattModel):
             self.features = [ConvFeatures(config.cls_filters, config.cls_kernel, config.cls_dense,
                                           config.dropout, seed=seed, name="classifier")]
         else:
-            backbone = CNNConfig(arch="modern", widths=config.cls_filters, blocks=config.cls_blocks, pool="flatten",
-                                 dense=config.cls_dense, dropout=config.dropout, dense_dropout=config.dropout)
+            backbone = CNNConfig(arch="modern", widths=config.cls_filters, blocks=config.cls_blocks, pool=config.cls_pool,
+                                 rnn=config.cls_rnn, dense=config.cls_dense, dropout=config.dropout,
+                                 dense_dropout=config.dropout)
             self.features = feature_layers(backbone)
         self.head = TaskHead(self.task, seed=seed + 152, name="head")
+
+    @classmethod
+    def check_task(cls, task, config=None) -> None:
+        check_frames(task, config is not None and config.cls_pool == "columns")
 
     def call(self, images, training=False):
         u = ops.cast(images, "float32") / 255.0  # (B, H, W, C) in [0, 1]

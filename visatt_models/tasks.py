@@ -30,6 +30,13 @@ Two tasks:
     log P(L) + sum_{i < L} log P(s_i) (Goodfellow's decoder; the best digits do not depend on L,
     so this is linear in max_length). "More than max_length" cannot be written in the label
     layout and is never decoded.
+  * `ctc` (Graves et al. 2006, as in CRNN, Shi et al. 2015): one softmax over the digits and
+    the blank per frame (a column band of the image, left to right), `ctc_logits` (B, T, K + 1)
+    with T frames fixed by the model; loss: connectionist temporal classification, -log of the
+    summed probability of every frame labelling that collapses (merge repeats, drop blanks) to
+    the label. No position is tied to a place on the canvas, so a digit is read by the same
+    weights wherever it is. Decoding: the best label per frame, collapsed (greedy). Needs
+    T >= 2 max_length - 1 frames (five equal digits need a blank between each two).
   `reverse=True` trains a model that reads right to left (DRAM's backward model): its loss sees
   each label's digits reversed, and decoding turns its predictions back into reading order.
   Metrics: `sequence_accuracy` (the length and every digit right, no partial credit: the metric
@@ -51,6 +58,7 @@ from keras import layers, ops
 
 BLANK = 10  # the padding class of sequence labels: one past the last digit
 MAX_LENGTH = 5  # label positions of the sequence stores
+HEADS = ("independent", "length", "ctc")  # the sequence task's heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +109,7 @@ class SequenceTask:
 
     max_length: int = MAX_LENGTH
     num_classes: int = 10  # digits; the blank class is `num_classes`
-    head: Literal["independent", "length"] = "independent"
+    head: Literal["independent", "length", "ctc"] = "independent"
     reverse: bool = False  # the model reads right to left: it is trained on reversed labels
     kind: ClassVar[str] = "sequence"
     metric_names: ClassVar[tuple[str, ...]] = ("sequence_accuracy", "digit_accuracy", "length_accuracy")
@@ -110,16 +118,24 @@ class SequenceTask:
     def __post_init__(self):
         if self.max_length < 1 or self.num_classes < 2:
             raise ValueError(f"max_length >= 1 and num_classes >= 2 required, got {self.max_length}, {self.num_classes}")
-        if self.head not in ("independent", "length"):
-            raise ValueError(f"head must be 'independent' or 'length', got {self.head!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
 
     @property
     def blank(self) -> int:
         return self.num_classes
 
-    def head_shapes(self) -> dict[str, tuple[int, ...]]:
+    @property
+    def min_frames(self) -> int:
+        """Frames a `ctc` head needs: a blank between equal digits, and room for one digit too many."""
+        return max(2 * self.max_length - 1, self.max_length + 1)
+
+    def head_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """Each head's shape per sample; None: one row per frame of the model's features."""
         if self.head == "independent":
             return {"digit_logits": (self.max_length, self.num_classes + 1)}
+        if self.head == "ctc":
+            return {"ctc_logits": (None, self.num_classes + 1)}
         return {"length_logits": (self.max_length + 2,), "digit_logits": (self.max_length, self.num_classes)}
 
     def _pad(self, y, positions: int):
@@ -149,7 +165,13 @@ class SequenceTask:
 
     def loss(self, y, outputs):
         """Per-sample loss (B,): summed position cross-entropies (independent) or
-        -log P(L) - sum of the present digits' log P(s_i) (length)."""
+        -log P(L) - sum of the present digits' log P(s_i) (length) or the CTC loss (ctc)."""
+        if self.head == "ctc":
+            logits = outputs["ctc_logits"]  # (B, T, K + 1)
+            y = self.labels_for(y, self.max_length)  # (B, L)
+            length = ops.sum(ops.cast(y != self.blank, "int32"), axis=1)
+            frames = ops.full((ops.shape(logits)[0],), logits.shape[1], "int32")
+            return ops.ctc_loss(y, logits, length, frames, mask_index=self.blank)
         digit_logits = outputs["digit_logits"]  # (B, P, K + 1) or (B, L, K)
         y = self.labels_for(y, digit_logits.shape[1])  # (B, P)
         if self.head == "independent":
@@ -166,6 +188,9 @@ class SequenceTask:
         """Predicted sequences in reading order, padded with blanks: (B, max(P, max_length)),
         from the heads' log-probabilities (the length head's joint argmax needs normalised
         log-probabilities; the independent heads' argmax would accept logits too)."""
+        if self.head == "ctc":
+            decoded = self._collapse(ops.cast(ops.argmax(log_probs["ctc_logits"], axis=-1), "int32"))
+            return self.reversed_digits(decoded) if self.reverse else decoded
         digit = log_probs["digit_logits"]
         if self.head == "independent":
             best = ops.cast(ops.argmax(digit, axis=-1), "int32")  # (B, P)
@@ -181,6 +206,19 @@ class SequenceTask:
             decoded = ops.where(position < ops.cast(length, "int32")[:, None], best, self.blank)
         decoded = self._pad(decoded, max(decoded.shape[1], self.max_length))
         return self.reversed_digits(decoded) if self.reverse else decoded
+
+    def _collapse(self, best):
+        """CTC's collapse of frame labels (B, T): repeats merged, blanks dropped, the digits moved
+        to the front and padded with blanks -> (B, max_length + 1) (a sixth digit marks a
+        sequence too long, which then counts as wrong)."""
+        previous = ops.concatenate([ops.full((ops.shape(best)[0], 1), self.blank, "int32"), best[:, :-1]], axis=1)
+        keep = ops.logical_and(best != self.blank, best != previous)  # (B, T)
+        slot = ops.cumsum(ops.cast(keep, "int32"), axis=1) - 1  # where each kept label goes
+        width = self.max_length + 1
+        into = ops.one_hot(ops.where(keep, slot, width), width + 1, dtype="int32")[:, :, :width]  # (B, T, width)
+        filled = ops.sum(into, axis=1)  # (B, width): 1 where a digit landed (labels past `width` dropped)
+        digits = ops.sum(into * best[:, :, None], axis=1)
+        return ops.where(filled > 0, digits, self.blank)
 
     def per_sample(self, y, predictions) -> dict:
         predictions = ops.cast(predictions, "int32")  # (B, P)
@@ -277,7 +315,8 @@ class TaskHead(layers.Layer):
     """The task's heads on a feature vector: features (B, F) -> {head name: logits}.
 
     One Dense layer per head, all positions of a sequence head in one matrix reshaped to
-    (B, P, classes). `seed`: the heads' Glorot-uniform initialisers get seeds `seed`, `seed + 1`,
+    (B, P, classes). A per-frame head (`ctc`) takes a sequence of features (B, T, F) and applies
+    its Dense layer to each frame: (B, T, classes). `seed`: the heads' Glorot-uniform initialisers get seeds `seed`, `seed + 1`,
     ... (None: Keras' global seeding, as a plain `Dense` has).
     """
 
@@ -287,15 +326,24 @@ class TaskHead(layers.Layer):
         self.shapes = task.head_shapes()
         for i, (name, shape) in enumerate(self.shapes.items()):
             kernel = "glorot_uniform" if seed is None else keras.initializers.GlorotUniform(seed=seed + i)
-            setattr(self, f"fc_{name}", layers.Dense(int(np.prod(shape)), kernel_initializer=kernel, name=name))
+            units = shape[-1] if shape[0] is None else int(np.prod(shape))
+            setattr(self, f"fc_{name}", layers.Dense(units, kernel_initializer=kernel, name=name))
 
     def build(self, features_shape):
+        per_frame = any(shape[0] is None for shape in self.shapes.values())
+        if per_frame and (len(features_shape) != 3 or features_shape[1] < self.task.min_frames):
+            raise ValueError(f"the {self.task.head} head needs a sequence of at least {self.task.min_frames} feature frames "
+                             f"(B, T, F), got features {tuple(features_shape)}")
+        if not per_frame and len(features_shape) != 2:
+            raise ValueError(f"the {getattr(self.task, 'head', 'digit')} head needs a feature vector (B, F), got features "
+                             f"{tuple(features_shape)}")
         for name in self.shapes:
             getattr(self, f"fc_{name}").build(features_shape)
         self.built = True
 
     def call(self, features):
-        return {name: ops.reshape(getattr(self, f"fc_{name}")(features), (-1, *shape)) for name, shape in self.shapes.items()}
+        return {name: getattr(self, f"fc_{name}")(features) if shape[0] is None
+                else ops.reshape(getattr(self, f"fc_{name}")(features), (-1, *shape)) for name, shape in self.shapes.items()}
 
     def get_config(self):
         return {**super().get_config(), "task": task_to_dict(self.task), "seed": self.seed}

@@ -142,3 +142,49 @@ def test_the_deep_sequence_preset_relates_pixels_that_modern_seq_cannot():
     # The deep map's column j is centred near pixel 16j + 3, with 46 pixels either side: columns 0-5
     # see it, column 6 (centre 99) does not.
     assert changed["modern-seq-deep"][:6].all() and not changed["modern-seq-deep"][6]
+
+
+def test_column_frames_read_left_to_right_and_the_lstm_gives_each_frame_the_whole_strip():
+    """`pool="columns"` (the ctc head): one frame per 4-pixel column band, in order. Without the
+    LSTM a frame sees only nearby columns, so a change in the rightmost 8 columns of a 64-pixel
+    image leaves the first frames as they were; the bidirectional LSTM carries it to every frame.
+    With every BN scale at 1, as the residual branches start at 0."""
+    from visatt_models.registry import get_model_spec, make_config
+    from visatt_models.tasks import SequenceTask
+
+    spec = get_model_spec("cnn")
+    images = batch(n=1, size=64)[0]
+    moved = images.copy()
+    moved[0, 20:44, 56:64, 0] = 255 - moved[0, 20:44, 56:64, 0]
+    changed = {}
+    for rnn in (0, 16):
+        keras.utils.set_random_seed(0)
+        model = CNN(make_config(spec, preset="modern-seq-ctc", overrides=[f"rnn={rnn}"]), SequenceTask(head="ctc"))
+        model(images)
+        for weight in model.weights:
+            if weight.path.endswith("gamma"):
+                weight.assign(keras.ops.ones(weight.shape))
+        frames = [keras.ops.convert_to_numpy(model(x)["ctc_logits"]) for x in (images, moved)]
+        assert frames[0].shape == (1, 16, 11)
+        changed[rnn] = np.abs(frames[1] - frames[0]).max(axis=(0, 2)) > 1e-6  # per frame
+    assert changed[0][-1] and not changed[0][:4].any()
+    assert changed[16].all()
+
+
+def test_column_frames_need_the_ctc_head_and_enough_columns():
+    from visatt_models.tasks import SequenceTask
+
+    columns = CNNConfig(arch="modern", widths=(4, 8), pool="columns")
+    with pytest.raises(ValueError, match="add --head ctc"):
+        CNN(columns, SequenceTask())
+    with pytest.raises(ValueError, match="set pool=columns"):
+        CNN(CNNConfig(arch="modern", widths=(4, 8), pool="flatten"), SequenceTask(head="ctc"))
+    with pytest.raises(ValueError, match="modern CNN"):
+        CNNConfig(arch="seed", pool="columns")
+    with pytest.raises(ValueError, match="needs pool='columns'"):
+        CNNConfig(arch="modern", rnn=8)
+    # 24 pixels -> 12 frames: enough for 5 digits (9 needed); 16 pixels -> 8 frames: too few.
+    model = CNN(columns, SequenceTask(head="ctc"))
+    assert tuple(model(batch(n=2, size=24)[0])["ctc_logits"].shape) == (2, 12, 11)
+    with pytest.raises(ValueError, match="at least 9 feature frames"):
+        CNN(columns, SequenceTask(head="ctc"))(batch(n=2, size=16)[0])

@@ -126,3 +126,22 @@ def test_permute_trains_mnist_sequences_and_refuses_other_stores(store, tmp_path
     assert not (tmp_path / "bad").exists()
     both = run(train_main, ["--store", store, "--out", tmp_path / "both", "--permute", "--reposition", *CNN], ok=False)
     assert both.exit_code == 1 and "exclude each other" in both.output and not (tmp_path / "both").exists()
+
+
+def test_a_ctc_run_trains_evaluates_and_predicts(store, tmp_path):
+    """The CTC head end to end on the 40x40 strips (10 frames): figures, a repeatable evaluation,
+    predictions from files; and a clear refusal of a frame-less model or a missing --head."""
+    out = tmp_path / "ctc"
+    frames = ["--set", "arch=modern", "--set", "pool=columns", "--set", "rnn=8", "--set", "dense=0"]
+    run(train_main, ["--store", store, "--out", out, "--epochs", 1, "--batch-size", 16, "--head", "ctc",
+                     *CNN[:2], "--set", "widths=4,8", "--verbose", "0", *frames])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"]["head"] == "ctc" and metrics["config"]["pool"] == "columns"
+    again = json.loads(run(eval_main, ["--run", out]).output)
+    assert {k: again[k] for k in SEQUENCE_FIELDS} == {k: metrics[k] for k in SEQUENCE_FIELDS}
+    images, _ = Split(open_store(store), "test").read(np.arange(3))
+    model = load_run(out)
+    assert predict(out, images) == [model.task.format(p) for p in predictions(model, images)]
+    for args, message in ((["--head", "ctc", *CNN], "set pool=columns"), ([*CNN[:2], *frames], "add --head ctc")):
+        refused = run(train_main, ["--store", store, "--out", tmp_path / "bad", *args], ok=False)
+        assert refused.exit_code == 1 and message in refused.output and not (tmp_path / "bad").exists()

@@ -96,6 +96,10 @@ def test_config_validation():
     with pytest.raises(ValueError):
         STNConfig(init="rotate")
     assert STNConfig(output_size=[60, 60]).output_size == (60, 60)
+    with pytest.raises(ValueError, match="with the modern classifier, 'columns'"):
+        STNConfig(cls_pool="columns")  # the convnet classifier has no frames
+    with pytest.raises(ValueError, match="cls_rnn reads frames"):
+        STNConfig(classifier="modern", cls_rnn=8)
 
 
 def test_presets_build():

@@ -52,6 +52,48 @@ def test_length_loss_counts_only_the_present_digits():
     np.testing.assert_allclose(loss_of(task, y, {"length_logits": length_logits, "digit_logits": digit_logits}), expected, rtol=1e-5)
 
 
+def collapse(path, blank):
+    """CTC's collapse of one frame labelling: repeats merged, blanks dropped."""
+    out = [c for i, c in enumerate(path) if c != blank and (i == 0 or c != path[i - 1])]
+    return tuple(out)
+
+
+def test_ctc_loss_sums_every_labelling_that_collapses_to_the_label():
+    """Against brute force: all 4^5 labellings of 5 frames (3 digits and the blank)."""
+    task = SequenceTask(max_length=3, num_classes=3, head="ctc")
+    blank = task.blank
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(4, 5, 4)) * 2
+    y = np.array([[0, 2, blank], [1, 1, blank], [2, blank, blank], [0, 1, 0]])  # a repeat needs a blank between
+    lp = log_softmax(logits)
+    paths = np.array(np.meshgrid(*[range(4)] * 5, indexing="ij")).reshape(5, -1).T  # (1024, 5)
+    expected = []
+    for b in range(4):
+        label = tuple(int(c) for c in y[b] if c != blank)
+        total = sum(np.exp(lp[b, range(5), path].sum()) for path in paths if collapse(path, blank) == label)
+        expected.append(-np.log(total))
+    np.testing.assert_allclose(loss_of(task, y, {"ctc_logits": logits}), expected, rtol=1e-4)
+    # A right-to-left reader is scored on the reversed digits.
+    flipped = np.array([[2, 0, blank], [1, 1, blank], [2, blank, blank], [0, 1, 0]])
+    np.testing.assert_allclose(loss_of(dataclasses.replace(task, reverse=True), y, {"ctc_logits": logits}),
+                               loss_of(task, flipped, {"ctc_logits": logits}), rtol=1e-5)
+
+
+def test_ctc_decoding_collapses_the_best_frame_labels():
+    frames = np.array([
+        [1, 1, B, 1, 2, 2, B, B, B, B, B, B],  # a repeat kept only across a blank
+        [B] * 12,  # no digit
+        [3, B, 3, B, 3, B, 3, B, 3, B, 3, 3],  # six digits: one too many, kept as a sixth column
+        [B, B, 7, 7, 7, 7, B, B, 0, 0, B, 5],
+    ])
+    decoded = decode_numpy(SequenceTask(head="ctc"), {"ctc_logits": one_hot_log(frames, 11)})
+    assert decoded.tolist() == [[1, 1, 2, B, B, B], [B] * 6, [3] * 6, [7, 0, 5, B, B, B]]
+    counts = SequenceTask(head="ctc").count(decoded, np.array([[1, 1, 2, B, B], [4, B, B, B, B], [3] * 5, [7, 0, 5, B, B]]))
+    assert counts["sequences_right"] == 2 and counts["lengths_right"] == 2  # six 3s are not five
+    back = decode_numpy(SequenceTask(head="ctc", reverse=True), {"ctc_logits": one_hot_log(frames, 11)})
+    assert back.tolist()[3] == [5, 0, 7, B, B, B]
+
+
 def one_hot_log(indices, classes, p=0.9):
     """Log-probabilities with probability p on `indices` (any shape), the rest spread evenly."""
     out = np.full((*np.shape(indices), classes), np.log((1 - p) / (classes - 1)))
@@ -105,11 +147,11 @@ def test_sequence_counting_gives_no_partial_credit():
 
 
 def test_task_dict_round_trip_and_format():
-    for task in (DigitTask(), SequenceTask(), SequenceTask(head="length")):
+    for task in (DigitTask(), SequenceTask(), SequenceTask(head="length"), SequenceTask(head="ctc", reverse=True)):
         assert task_from_dict(task_to_dict(task)) == task
     assert SequenceTask().format([1, 0, 5, B, B]) == "105" and DigitTask().format(np.uint8(7)) == "7"
     with pytest.raises(ValueError, match="head"):
-        SequenceTask(head="ctc")
+        SequenceTask(head="beam")
 
 
 # ---------------------------------------------------------------- every model on every task
@@ -121,7 +163,10 @@ TINY = {
     "dram": ["glimpses_per_digit=1", "patch_size=4", "conv_filters=4", "conv_kernels=3", "glimpse_size=8", "lstm_units=8",
              "classifier_hidden=8", "context_filters=4", "context_kernels=3"],
 }
-TASKS = {"digit": DigitTask(), "independent": SequenceTask(), "length": SequenceTask(head="length")}
+# The ctc head reads frames of column bands (24 pixels: 12 frames after one stride-2 stage).
+FRAMES = {"cnn": ["arch=modern", "pool=columns", "rnn=4"], "stn": ["classifier=modern", "cls_pool=columns", "cls_rnn=4"]}
+TASKS = {"digit": DigitTask(), "independent": SequenceTask(), "length": SequenceTask(head="length"),
+         "ctc": SequenceTask(head="ctc")}
 
 
 def data(task, n=8, size=24):
@@ -138,7 +183,8 @@ def data(task, n=8, size=24):
 def make(name, task, seed=0, eager=False):
     keras.utils.set_random_seed(seed)
     spec = registry.get_model_spec(name)
-    model = spec.model_cls(registry.make_config(spec, overrides=TINY[name]), task)
+    overrides = TINY[name] + (FRAMES.get(name, []) if getattr(task, "head", None) == "ctc" else [])
+    model = spec.model_cls(registry.make_config(spec, overrides=overrides), task)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), run_eagerly=eager)
     return model
 
@@ -158,11 +204,17 @@ def test_every_model_on_every_task(name, task_name, tmp_path):
         with pytest.raises(ValueError, match="needs the sequence task's 'independent' head"):
             make(name, task)
         return
+    if name not in FRAMES and task_name == "ctc":  # one feature vector, no frames
+        with pytest.raises(ValueError, match="head"):
+            make(name, task)
+        return
     model = make(name, task, eager=True)
     out = outputs(model, images)
     for head, shape in task.head_shapes().items():
         if name == "dram" and task.kind == "sequence":  # one more emission: the end of the sequence
             shape = (task.max_length + 1, *shape[1:])
+        if shape[0] is None:  # one row per frame
+            shape = (12, *shape[1:])
         assert out[head].shape == (8, *shape), head
     initial = model.get_weights()
     logs = model.fit(images, labels, batch_size=8, epochs=1, verbose=0, shuffle=False).history
