@@ -6,7 +6,8 @@
 
 Throughput: each model (`name:preset`, the registry's) trains with Adam via `train_on_batch` on
 random uint8 images of a store's input size with 1-5 digit labels (the sequence task, 5
-positions); `--warmup` steps (tracing, compilation) are not timed, then the median of
+positions; the `ctc` head for a model that makes frames, `pool=columns`, which needs 36 pixels
+and so skips svhn's 32x32); `--warmup` steps (tracing, compilation) are not timed, then the median of
 `--repeats` timed runs of `--steps` steps is reported in images/s and as a ratio to the first
 model of the list, run in the same process (this machine is shared and noisy: compare ratios).
 Inputs: mnist-sequences 64x64, mnist-pairs 100x100, svhn 32x32, svhn-64 54x54 (the training crop).
@@ -30,16 +31,19 @@ from visatt_models import registry
 from visatt_models.tasks import BLANK, SequenceTask
 
 STORES = {"mnist-sequences": 64, "mnist-pairs": 100, "svhn": 32, "svhn-64": 54}
-MODELS = ["cnn:seed", "cnn:modern-seq", "stn:st-cnn-single", "ram:visatt-60", "dram:visatt-small"]
+MODELS = ["cnn:seed", "cnn:modern-seq", "cnn:modern-seq-ctc", "stn:st-cnn-single", "ram:visatt-60", "dram:visatt-small"]
 PAPER = "DRAM paper, Table 5 (54x54): 10-layer CNN 2.1 GFLOPs / 51M params; single DRAM 0.2 GFLOPs / 14M; " \
         "forward-backward DRAM with MC 0.7 GFLOPs / 28M"
 
 
-def build(name_preset: str, task):
+def build(name_preset: str):
+    """The model `name:preset` on the sequence task, with the ctc head if the model makes frames."""
     name, _, preset = name_preset.partition(":")
     spec = registry.get_model_spec(name)
     keras.utils.set_random_seed(0)
-    return spec.model_cls(registry.make_config(spec, preset=preset or None), task)
+    config = registry.make_config(spec, preset=preset or None)
+    frames = "columns" in (getattr(config, "pool", None), getattr(config, "cls_pool", None))
+    return spec.model_cls(config, SequenceTask(head="ctc" if frames else "independent"))
 
 
 def batch(batch_size: int, size: int, seed: int = 0):
@@ -96,21 +100,24 @@ def main(argv=None):
     parser.add_argument("--cost", action="store_true", help="parameters and FLOPs per image at 64x64 (JAX)")
     args = parser.parse_args(argv)
 
-    task = SequenceTask()
     print(f"backend={keras.backend.backend()} keras={keras.__version__} cpus={os.cpu_count()} batch={args.batch_size}")
     for store in args.stores:
         size = STORES[store]
         images, labels = batch(args.batch_size, size)
         base = None
         for name in args.models:
-            _, rate = throughput(build(name, task), images, labels, args.warmup, args.steps, args.repeats)
+            model = build(name)
+            if model.task.head == "ctc" and size < 4 * model.task.min_frames:
+                print(f"{store:16s} {size}x{size}  {name:20s} skipped: fewer than {model.task.min_frames} frames")
+                continue
+            _, rate = throughput(model, images, labels, args.warmup, args.steps, args.repeats)
             base = base or rate
             print(f"{store:16s} {size}x{size}  {name:20s} {rate:8.1f} images/s  {rate / base:5.2f}x {args.models[0]}")
     if args.cost:
         if keras.backend.backend() != "jax":
             raise SystemExit("--cost needs KERAS_BACKEND=jax (XLA's cost analysis)")
         for name in (*args.models, "dram:paper"):
-            params, flops = cost(build(name, task), 64)
+            params, flops = cost(build(name), 64)
             print(f"cost 64x64  {name:20s} {params / 1e6:7.2f}M parameters  {flops / 1e9:7.3f} GFLOPs per image")
         print(PAPER)
 

@@ -39,6 +39,9 @@ class ModelEntry:
 # The multi-digit CNN (`modern-seq`); `modern-seq-deep` changes only its widths.
 _MODERN_SEQ = {"arch": "modern", "widths": (16, 32, 64, 128), "pool": "flatten", "dense": 256, "dropout": 0.3,
                "dense_dropout": 0.3}
+# ST-CNN Single (`st-cnn-single`), which `st-cnn-ctc` extends.
+_ST_CNN_SINGLE = {"loc_filters": (16, 32, 32), "loc_dense": (64,), "classifier": "modern", "cls_filters": (16, 32, 64, 128),
+                  "cls_dense": 256, "dropout": 0.3}
 # RAM's recipe for 60x60 (`visatt-60`), which `visatt-60-conv` extends.
 _VISATT_60 = {"glimpses": 8, "patch_size": 12, "scales": 3, "core": "lstm", "std": 0.11, "reinforce_weight": 0.05}
 # DRAM's CPU-sized networks and RAM's `visatt-*` policy recipe (`visatt-small`).
@@ -128,8 +131,13 @@ MODELS: dict[str, ModelEntry] = {
             "st-cnn-single": Preset(
                 "ST-CNN Single for multi-digit images: a 3-conv localisation network, then the classifier of "
                 "`cnn --preset modern-seq` on the transformed image (same size).",
-                {"loc_filters": (16, 32, 32), "loc_dense": (64,), "classifier": "modern", "cls_filters": (16, 32, 64, 128),
-                 "cls_dense": 256, "dropout": 0.3},
+                _ST_CNN_SINGLE,
+            ),
+            "st-cnn-ctc": Preset(
+                "For `--head ctc`: `st-cnn-single` with the classifier of `cnn --preset modern-seq-ctc` (frames of "
+                "4-pixel column bands of the transformed image, a bidirectional LSTM of 128 a direction, the "
+                "per-frame softmax).",
+                {**_ST_CNN_SINGLE, "cls_pool": "columns", "cls_rnn": 128, "cls_dense": 0},
             ),
         },
     ),

@@ -98,8 +98,9 @@ def test_every_gpu_run_is_a_valid_run_and_stays_valid_in_smoke_mode():
     for run in gpu_run.RUNS:
         model = registry.get_model_spec(run.model)
         config = registry.make_config(model, preset=run.preset, overrides=list(run.overrides))
-        task = SequenceTask() if run.dataset in ("mnist-pairs", "mnist-sequences") else DigitTask()
-        model.model_cls.check_task(task, config)
         options = dict(run.options)
+        head = options.pop("head", None)  # make_run_spec's, not a training option
+        task = SequenceTask(head=head or "independent") if run.dataset in ("mnist-pairs", "mnist-sequences") else DigitTask()
+        model.model_cls.check_task(task, config)
         dataclasses.replace(TrainConfig(), **options)
         dataclasses.replace(TrainConfig(), **{**options, "epochs": 1})
