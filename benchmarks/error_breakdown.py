@@ -18,13 +18,20 @@ import zarr
 from visatt_models.data import open_store
 from visatt_models.evaluate import deterministic_policy, predictions
 from visatt_models.inference import load_run
+from visatt_models.tasks import BLANK
 from visatt_models.train import check_same_data
 
 GAP_BUCKETS = ((0, 0), (1, 1), (2, 2), (3, 5), (6, None))
 
 
 def breakdown(predicted: np.ndarray, labels: np.ndarray, lengths: np.ndarray, boxes: np.ndarray) -> list[str]:
-    """Table lines for predictions (N, 5) against labels (N, 5), lengths (N,), boxes (N, 5, 4)."""
+    """Table lines for predictions (N, P) against labels (N, 5), lengths (N,), boxes (N, 5, 4).
+
+    P may exceed 5 (DRAM's end-of-sequence step, the ctc head's sixth column): the labels are
+    padded with blanks to P, so a digit there makes the prediction wrong."""
+    extra = predicted.shape[1] - labels.shape[1]
+    if extra > 0:
+        labels = np.concatenate([labels, np.full((len(labels), extra), BLANK, labels.dtype)], axis=1)
     wrong = ~np.all(predicted == labels, axis=1)
     order_only = wrong & np.all(np.sort(predicted, axis=1) == np.sort(labels, axis=1), axis=1)
 

@@ -33,6 +33,14 @@ def test_breakdown_counts_lengths_order_and_gaps():
     assert "error=0.0000" in gaps[1] and "error=0.0000" in gaps[2]
 
 
+def test_predictions_with_a_sixth_column_are_scored_against_blanks_there():
+    """DRAM's end-of-sequence step and the ctc head's sixth column: a digit there is wrong."""
+    labels = np.array([[1, 2, B, B, B], [3, B, B, B, B]])
+    predicted = np.array([[1, 2, B, B, B, B], [3, B, B, B, B, 4]])
+    lines = error_breakdown.breakdown(predicted, labels, np.array([2, 1]), np.zeros((2, 5, 4), np.int32))
+    assert lines[0] == "all: n=2 error=0.5000 order only=0.0000"
+
+
 def test_gap_buckets_edges():
     """0 px, and 5 px against 6 px: the edges of the 3-5 and >= 6 buckets."""
     labels = np.array([[1, 2, B, B, B]] * 3)
