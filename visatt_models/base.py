@@ -61,6 +61,11 @@ class VisattModel(keras.Model):
     def check_task(cls, task: Task, config=None) -> None:
         """Raise ValueError when the model (with `config`) cannot serve `task` (any, unless overridden)."""
 
+    @classmethod
+    def check_input(cls, task: Task, config, image_shape) -> None:
+        """Raise ValueError when the model (with `config`) cannot read images of `image_shape`
+        (H, W[, C]) for `task` (any, unless overridden)."""
+
     # ------------------------------------------------------------ loss and metrics
 
     def task_loss(self, y, y_pred, sample_weight=None):

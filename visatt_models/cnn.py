@@ -13,8 +13,8 @@ global average pooling, so the classifier is translation invariant and the recep
 sequences `pool="flatten"` keeps the final map's layout (which digit is where) and a hidden
 dense layer reads it, like the fully connected layers of Goodfellow et al. 2013. With
 `pool="columns"` (for the `ctc` sequence head) the stages after the second halve only the
-height, the final map is averaged over its rows into a sequence of frames, one per 4-pixel
-column band, left to right, and an optional bidirectional LSTM (`rnn`) reads the frames in
+height, the final map is averaged over its rows into a sequence of frames, one per column
+band (4 pixels with two or more stages), left to right, and an optional bidirectional LSTM (`rnn`) reads the frames in
 context before the per-frame softmax: CRNN (Shi et al. 2015) on the residual backbone.
 
 Both are feature extractors topped by the task's heads (`tasks.TaskHead`): one softmax on a
@@ -27,6 +27,7 @@ logits (`{"logits": (B, K)}` on a digit task). The loss is the task's (`base.Vis
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 import keras
@@ -56,8 +57,9 @@ class CNNConfig:
     pool: modern only: "average" (global average pooling: translation invariant, for one digit),
         "flatten" (keeps where each feature is: a multi-digit head must know which digit
         comes first, as Goodfellow et al.'s fully connected layers do) or "columns" (frames of
-        4-pixel column bands, for the sequence task's `ctc` head: stages after the second
-        stride by 2 in height only, and the final map is averaged over its rows).
+        column bands, for the sequence task's `ctc` head: stages after the second stride by 2
+        in height only, and the final map is averaged over its rows; 4-pixel bands with two or
+        more stages, 2-pixel with one).
     dense: width of the hidden dense layer (ReLU) before the heads; None: the arch's default
         (seed 128, modern none); 0: none.
     dropout: seed: dropout after the conv block (0.25); modern: dropout before the hidden dense
@@ -211,7 +213,22 @@ def check_frames(task, frames: bool) -> None:
     if ctc and not frames:
         raise ValueError("the ctc head reads a sequence of frames: set pool=columns")
     if frames and not ctc:
-        raise ValueError("pool=columns makes frames for the sequence task's ctc head: add --head ctc")
+        raise ValueError("pool=columns makes frames for the ctc head of a sequence store: add --head ctc")
+
+
+def column_frames(width: int, stages: int) -> int:
+    """Frames of a `pool="columns"` backbone with `stages` stages on images `width` pixels wide."""
+    for _ in range(min(stages, COLUMN_STAGES)):
+        width = math.ceil(width / 2)
+    return width
+
+
+def check_column_frames(task, width: int, stages: int) -> None:
+    """Raise ValueError when `width`-pixel-wide input gives the ctc head too few frames."""
+    frames = column_frames(width, stages)
+    if frames < task.min_frames:
+        raise ValueError(f"the ctc head needs at least {task.min_frames} frames for {task.max_length} digits; "
+                         f"{width}-pixel-wide images give {frames}")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -245,6 +262,11 @@ class CNN(VisattModel):
     @classmethod
     def check_task(cls, task, config=None) -> None:
         check_frames(task, config is not None and config.pool == "columns")
+
+    @classmethod
+    def check_input(cls, task, config, image_shape) -> None:
+        if config.pool == "columns":
+            check_column_frames(task, image_shape[1], len(config.widths) - 1)
 
     def call(self, images, training=False):
         x = ops.cast(images, "float32") / 255.0  # (B, H, W, C) in [0, 1]

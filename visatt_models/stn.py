@@ -29,7 +29,7 @@ from keras import layers, ops
 
 from visatt_models.base import VisattModel
 from visatt_models.config import check_rates
-from visatt_models.cnn import CNNConfig, apply_layers, check_frames, conv_stack, feature_layers
+from visatt_models.cnn import CNNConfig, apply_layers, check_column_frames, check_frames, conv_stack, feature_layers
 from visatt_models.sampler import affine_grid, bilinear_sample
 from visatt_models.tasks import TaskHead
 
@@ -185,6 +185,11 @@ class STN(VisattModel):
     @classmethod
     def check_task(cls, task, config=None) -> None:
         check_frames(task, config is not None and config.cls_pool == "columns")
+
+    @classmethod
+    def check_input(cls, task, config, image_shape) -> None:
+        if config.cls_pool == "columns":  # the classifier reads the transformed image
+            check_column_frames(task, (config.output_size or image_shape)[1], len(config.cls_filters) - 1)
 
     def call(self, images, training=False):
         u = ops.cast(images, "float32") / 255.0  # (B, H, W, C) in [0, 1]

@@ -36,7 +36,8 @@ Two tasks:
     summed probability of every frame labelling that collapses (merge repeats, drop blanks) to
     the label. No position is tied to a place on the canvas, so a digit is read by the same
     weights wherever it is. Decoding: the best label per frame, collapsed (greedy). Needs
-    T >= 2 max_length - 1 frames (five equal digits need a blank between each two).
+    T >= 2 max_length - 1 frames (five equal digits need a blank between each two). No `reverse`:
+    frames and labels both reversed give the same model.
   `reverse=True` trains a model that reads right to left (DRAM's backward model): its loss sees
   each label's digits reversed, and decoding turns its predictions back into reading order.
   Metrics: `sequence_accuracy` (the length and every digit right, no partial credit: the metric
@@ -120,6 +121,9 @@ class SequenceTask:
             raise ValueError(f"max_length >= 1 and num_classes >= 2 required, got {self.max_length}, {self.num_classes}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.head == "ctc" and self.reverse:
+            raise ValueError("the ctc head reads its frames left to right; read right to left (frames and labels "
+                             "reversed) it would be the same model")
 
     @property
     def blank(self) -> int:
@@ -168,7 +172,7 @@ class SequenceTask:
         -log P(L) - sum of the present digits' log P(s_i) (length) or the CTC loss (ctc)."""
         if self.head == "ctc":
             logits = outputs["ctc_logits"]  # (B, T, K + 1)
-            y = self.labels_for(y, self.max_length)  # (B, L)
+            y = ops.cast(y, "int32")  # (B, L)
             length = ops.sum(ops.cast(y != self.blank, "int32"), axis=1)
             frames = ops.full((ops.shape(logits)[0],), logits.shape[1], "int32")
             return ops.ctc_loss(y, logits, length, frames, mask_index=self.blank)
@@ -185,12 +189,11 @@ class SequenceTask:
         return length_ce + ops.sum(digit_ce * ops.cast(present, digit_ce.dtype), axis=1)
 
     def decode(self, log_probs: dict):
-        """Predicted sequences in reading order, padded with blanks: (B, max(P, max_length)),
-        from the heads' log-probabilities (the length head's joint argmax needs normalised
+        """Predicted sequences in reading order, padded with blanks: (B, max(P, max_length)), or
+        (B, max_length + 1) for the ctc head, from the heads' log-probabilities (the length head's joint argmax needs normalised
         log-probabilities; the independent heads' argmax would accept logits too)."""
         if self.head == "ctc":
-            decoded = self._collapse(ops.cast(ops.argmax(log_probs["ctc_logits"], axis=-1), "int32"))
-            return self.reversed_digits(decoded) if self.reverse else decoded
+            return self._collapse(ops.cast(ops.argmax(log_probs["ctc_logits"], axis=-1), "int32"))
         digit = log_probs["digit_logits"]
         if self.head == "independent":
             best = ops.cast(ops.argmax(digit, axis=-1), "int32")  # (B, P)

@@ -84,8 +84,9 @@ def make_run_spec(store, model: str = "cnn", *, preset: str | None = None, overr
     config = registry.make_config(spec, preset=preset, overrides=list(overrides), **fields)
     try:
         spec.model_cls.check_task(task, config)
+        spec.model_cls.check_input(task, config, train.crop or info.image_shape)
     except ValueError as e:
-        raise RunError(f"{model}: {e}") from None
+        raise RunError(f"{model} on {info.path}: {e}") from None
     return RunSpec(model, preset, cfg.config_to_dict(config), task_to_dict(task), train, info.location,
                    info.identity, info.image_shape, info.recipe.get("resample", "bilinear"))
 

@@ -188,3 +188,27 @@ def test_column_frames_need_the_ctc_head_and_enough_columns():
     assert tuple(model(batch(n=2, size=24)[0])["ctc_logits"].shape) == (2, 12, 11)
     with pytest.raises(ValueError, match="at least 9 feature frames"):
         CNN(columns, SequenceTask(head="ctc"))(batch(n=2, size=16)[0])
+    # The same count before any model is built (visatt-train's check): two stride-2 stages and more
+    # halve the width twice, rounding up; 33 pixels still give 9 frames, 32 give 8.
+    deep = CNNConfig(arch="modern", widths=(4, 8, 8, 8), pool="columns")
+    CNN.check_input(SequenceTask(head="ctc"), deep, (33, 33, 1))
+    CNN.check_input(SequenceTask(head="ctc"), columns, (18, 18, 1))
+    for config, width in ((deep, 32), (columns, 16)):
+        with pytest.raises(ValueError, match=f"needs at least 9 frames for 5 digits; {width}-pixel-wide images give 8"):
+            CNN.check_input(SequenceTask(head="ctc"), config, (64, width, 1))
+
+
+def test_a_column_model_with_height_only_strides_reloads_with_identical_outputs(tmp_path):
+    """`modern-seq-ctc`'s shape (stages striding (2, 1), the LSTM, the row mean) at small widths."""
+    from visatt_models.registry import get_model_spec, make_config
+    from visatt_models.tasks import SequenceTask
+
+    keras.utils.set_random_seed(0)
+    config = make_config(get_model_spec("cnn"), preset="modern-seq-ctc", overrides=["widths=4,8,8,8", "rnn=4"])
+    model = CNN(config, SequenceTask(head="ctc"))
+    images = batch(n=3, size=40)[0]
+    expected = keras.ops.convert_to_numpy(model(images)["ctc_logits"])
+    assert expected.shape == (3, 10, 11)  # 40 pixels halved twice: 10 frames
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images)["ctc_logits"]), expected)

@@ -129,8 +129,9 @@ def test_permute_trains_mnist_sequences_and_refuses_other_stores(store, tmp_path
 
 
 def test_a_ctc_run_trains_evaluates_and_predicts(store, tmp_path):
-    """The CTC head end to end on the 40x40 strips (10 frames): figures, a repeatable evaluation,
-    predictions from files; and a clear refusal of a frame-less model or a missing --head."""
+    """The CTC head end to end on the 40x40 strips (20 frames after one stride-2 stage): figures, a
+    repeatable evaluation, predictions; and a clear refusal, before any run folder is written, of a
+    frame-less model, a missing --head, or crops too narrow for 5 digits' frames."""
     out = tmp_path / "ctc"
     frames = ["--set", "arch=modern", "--set", "pool=columns", "--set", "rnn=8", "--set", "dense=0"]
     run(train_main, ["--store", store, "--out", out, "--epochs", 1, "--batch-size", 16, "--head", "ctc",
@@ -142,6 +143,8 @@ def test_a_ctc_run_trains_evaluates_and_predicts(store, tmp_path):
     images, _ = Split(open_store(store), "test").read(np.arange(3))
     model = load_run(out)
     assert predict(out, images) == [model.task.format(p) for p in predictions(model, images)]
-    for args, message in ((["--head", "ctc", *CNN], "set pool=columns"), ([*CNN[:2], *frames], "add --head ctc")):
+    narrow = ["--head", "ctc", "--crop", 32, *CNN[:2], "--set", "widths=4,8,8", *frames]  # 32 px, two halvings: 8 frames
+    for args, message in ((["--head", "ctc", *CNN], "set pool=columns"), ([*CNN[:2], *frames], "add --head ctc"),
+                          (narrow, "needs at least 9 frames for 5 digits; 32-pixel-wide images give 8")):
         refused = run(train_main, ["--store", store, "--out", tmp_path / "bad", *args], ok=False)
         assert refused.exit_code == 1 and message in refused.output and not (tmp_path / "bad").exists()

@@ -73,10 +73,8 @@ def test_ctc_loss_sums_every_labelling_that_collapses_to_the_label():
         total = sum(np.exp(lp[b, range(5), path].sum()) for path in paths if collapse(path, blank) == label)
         expected.append(-np.log(total))
     np.testing.assert_allclose(loss_of(task, y, {"ctc_logits": logits}), expected, rtol=1e-4)
-    # A right-to-left reader is scored on the reversed digits.
-    flipped = np.array([[2, 0, blank], [1, 1, blank], [2, blank, blank], [0, 1, 0]])
-    np.testing.assert_allclose(loss_of(dataclasses.replace(task, reverse=True), y, {"ctc_logits": logits}),
-                               loss_of(task, flipped, {"ctc_logits": logits}), rtol=1e-5)
+    with pytest.raises(ValueError, match="left to right"):  # reversed frames and labels: the same model
+        dataclasses.replace(task, reverse=True)
 
 
 def test_ctc_decoding_collapses_the_best_frame_labels():
@@ -90,8 +88,6 @@ def test_ctc_decoding_collapses_the_best_frame_labels():
     assert decoded.tolist() == [[1, 1, 2, B, B, B], [B] * 6, [3] * 6, [7, 0, 5, B, B, B]]
     counts = SequenceTask(head="ctc").count(decoded, np.array([[1, 1, 2, B, B], [4, B, B, B, B], [3] * 5, [7, 0, 5, B, B]]))
     assert counts["sequences_right"] == 2 and counts["lengths_right"] == 2  # six 3s are not five
-    back = decode_numpy(SequenceTask(head="ctc", reverse=True), {"ctc_logits": one_hot_log(frames, 11)})
-    assert back.tolist()[3] == [5, 0, 7, B, B, B]
 
 
 def one_hot_log(indices, classes, p=0.9):
@@ -147,7 +143,7 @@ def test_sequence_counting_gives_no_partial_credit():
 
 
 def test_task_dict_round_trip_and_format():
-    for task in (DigitTask(), SequenceTask(), SequenceTask(head="length"), SequenceTask(head="ctc", reverse=True)):
+    for task in (DigitTask(), SequenceTask(), SequenceTask(head="length"), SequenceTask(head="ctc")):
         assert task_from_dict(task_to_dict(task)) == task
     assert SequenceTask().format([1, 0, 5, B, B]) == "105" and DigitTask().format(np.uint8(7)) == "7"
     with pytest.raises(ValueError, match="head"):
