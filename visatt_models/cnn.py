@@ -14,8 +14,9 @@ sequences `pool="flatten"` keeps the final map's layout (which digit is where) a
 dense layer reads it, like the fully connected layers of Goodfellow et al. 2013. With
 `pool="columns"` (for the `ctc` sequence head) the stages after the second halve only the
 height, the final map is averaged over its rows into a sequence of frames, one per column
-band (4 pixels with two or more stages), left to right, and an optional bidirectional LSTM (`rnn`) reads the frames in
-context before the per-frame softmax: CRNN (Shi et al. 2015) on the residual backbone.
+band (4 pixels with two or more stages), left to right, and an optional bidirectional LSTM
+(`rnn`) reads the frames in context before the per-frame softmax: CRNN (Shi et al. 2015) on
+the residual backbone.
 
 Both are feature extractors topped by the task's heads (`tasks.TaskHead`): one softmax on a
 single-digit store; on a sequence store either the seed article's SVHN baseline (5 independent
