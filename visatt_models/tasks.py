@@ -190,8 +190,9 @@ class SequenceTask:
 
     def decode(self, log_probs: dict):
         """Predicted sequences in reading order, padded with blanks: (B, max(P, max_length)), or
-        (B, max_length + 1) for the ctc head, from the heads' log-probabilities (the length head's joint argmax needs normalised
-        log-probabilities; the independent heads' argmax would accept logits too)."""
+        (B, max_length + 1) for the ctc head, from the heads' log-probabilities (the length
+        head's joint argmax needs normalised log-probabilities; the independent heads' argmax
+        would accept logits too)."""
         if self.head == "ctc":
             return self._collapse(ops.cast(ops.argmax(log_probs["ctc_logits"], axis=-1), "int32"))
         digit = log_probs["digit_logits"]
@@ -319,8 +320,9 @@ class TaskHead(layers.Layer):
 
     One Dense layer per head, all positions of a sequence head in one matrix reshaped to
     (B, P, classes). A per-frame head (`ctc`) takes a sequence of features (B, T, F) and applies
-    its Dense layer to each frame: (B, T, classes). `seed`: the heads' Glorot-uniform initialisers get seeds `seed`, `seed + 1`,
-    ... (None: Keras' global seeding, as a plain `Dense` has).
+    its Dense layer to each frame: (B, T, classes). `seed`: the heads' Glorot-uniform
+    initialisers get seeds `seed`, `seed + 1`, ... (None: Keras' global seeding, as a plain
+    `Dense` has).
     """
 
     def __init__(self, task: Task, seed: int | None = None, **kwargs):
