@@ -22,6 +22,7 @@ import click
 _SHOW_TF_LOGS = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from pipelines.affine import MAX_ROTATE, MAX_SHEAR
 from visatt_models.config import ConfigError, TrainConfig  # plain Python: --help stays fast
 from visatt_models.registry import MODEL_NAMES, presets_help
 
@@ -155,6 +156,12 @@ class CropType(click.ParamType):
               help="mnist-sequences: give each training image's digits a new order among their cells (the store's "
                    "boxes), labels with them, per seed, epoch and sample (for a given --limit): other numbers of the "
                    "same digits in the same layout every epoch (before --crop and --shift).")
+@click.option("--rotate", type=click.FloatRange(0, MAX_ROTATE), default=_DEFAULTS.rotate, show_default=True,
+              help="Turn each training image about its centre by an angle drawn from -D..D degrees, per seed, epoch "
+                   "and sample (bilinear, zero-filled; before --crop and --shift). 0: none.")
+@click.option("--shear", type=click.FloatRange(0, MAX_SHEAR), default=_DEFAULTS.shear, show_default=True,
+              help="Slant each training image about its centre: x += k * y with k drawn from -S..S, per seed, epoch "
+                   "and sample (with --rotate: sheared, then turned). 0: none.")
 @click.option("--memory-limit-mb", type=click.IntRange(1), default=_DEFAULTS.memory_limit // 2**20, show_default=True, help="Splits larger than this are streamed by chunks.")
 @click.option("--time-limit", "time_limit_min", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop after the last epoch expected to end within this many minutes, test the best checkpoint, "

@@ -14,6 +14,7 @@ import types
 import typing
 from typing import Any, Literal
 
+from pipelines.affine import check_affine
 from pipelines.reader import DEFAULT_MEMORY_LIMIT  # bytes of a split held in memory
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -52,6 +53,10 @@ class TrainConfig:
     permute: `mnist-sequences` only: give each training image's digits a new order among their
         cells (the store's boxes), labels with them (`pipelines.batches`), before cropping and
         shifting: other numbers of the same digits, in the same layout, every epoch.
+    rotate, shear: turn every training image by an angle drawn uniformly from -rotate..rotate
+        degrees and shear it horizontally (x += k * y) by k drawn uniformly from -shear..shear,
+        about its centre, per (seed, epoch, sample index), after repositioning or permuting and
+        before cropping and shifting (`pipelines.batches`); 0: none.
     schedule: the learning rate per optimizer step (`train.make_schedule`):
         constant  `lr` throughout;
         cosine    linear warm-up from 0 over `warmup_epochs`, then a cosine from `lr` down to
@@ -89,6 +94,8 @@ class TrainConfig:
     shift_floor: int = 0
     reposition: bool = False
     permute: bool = False
+    rotate: float = 0.0
+    shear: float = 0.0
 
     def __post_init__(self):
         if self.schedule not in ("constant", "cosine", "step"):
@@ -124,6 +131,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.reposition and self.permute:
             raise ValueError("reposition (--reposition, mnist-pairs) and permute (--permute, mnist-sequences) exclude each other")
+        try:
+            check_affine(self.rotate, self.shear)
+        except ValueError as e:
+            raise ValueError(f"{e} (--rotate, --shear)") from None
         if self.crop is not None:
             object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
             if len(self.crop) != 2 or min(self.crop) < 1:

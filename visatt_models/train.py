@@ -238,7 +238,7 @@ def train(spec: RunSpec, out, *, mode: Literal["new", "resume", "overwrite"] = "
         train_batches = Batches(splits["train"], t.batch_size, shuffle=True, seed=t.seed, epoch=done,
                                 drop_remainder=True, crop=t.crop, random_crop=True, shift=t.shift, keep_ink=t.shift_keep_ink,
                                 ink_floor=t.shift_floor, reposition=t.reposition, permute=t.permute,
-                                endless=True, prefetch=PREFETCH)
+                                rotate=t.rotate, shear=t.shear, endless=True, prefetch=PREFETCH)
         val_batches = Batches(splits["val"], t.batch_size, shuffle=False, crop=t.crop)
         deterministic_val = model.stochastic and state.get("val_pass", OLD_VAL_PASS) == VAL_PASS
         recorder = RunRecorder(folder, train_batches, state, started, model.task.selection_metric, time_limit_s,

@@ -186,6 +186,64 @@ def test_random_shifts_depend_on_seed_epoch_and_sample_only(store):
         Batches(split, 64, shuffle=True, shift=2.5)
 
 
+def test_affine_images_turn_and_slant_about_the_centre():
+    from pipelines.affine import affine_images
+
+    rng = np.random.default_rng(0)
+    gray, rgb = rng.integers(0, 256, (2, 6, 6, 1), dtype=np.uint8), rng.integers(0, 256, (1, 6, 6, 3), dtype=np.uint8)
+    for images in (gray, rgb):
+        none = np.zeros(len(images))
+        np.testing.assert_array_equal(affine_images(images, none, none), images)
+        # A quarter turn counter-clockwise as seen and a half turn land on whole pixels (bilinear
+        # weights off by rounding: within one grey level).
+        for degrees, expected in ((90.0, np.rot90(images, 1, axes=(1, 2))), (180.0, images[:, ::-1, ::-1])):
+            turned = affine_images(images, none + degrees, none).astype(int)
+            assert np.abs(turned - expected).max() <= 1
+    # A shear of 1 on 5 rows moves row y by y - 2 pixels to the right (the centre row stays),
+    # zero-filled: x += k * y about the centre.
+    strip = rng.integers(1, 256, (1, 5, 7, 1), dtype=np.uint8)
+    slanted = affine_images(strip, np.zeros(1), np.ones(1))[0, :, :, 0]
+    for y in range(5):
+        expected = np.zeros(7, np.uint8)
+        dx = y - 2
+        expected[max(dx, 0) : 7 + min(dx, 0)] = strip[0, y, max(-dx, 0) : 7 - max(dx, 0), 0]
+        np.testing.assert_array_equal(slanted[y], expected)
+    # A horizontal bar turned by +20 degrees rises to the right.
+    bar = np.zeros((1, 64, 64, 1), np.uint8)
+    bar[0, 31:33, 8:56] = 255
+    rows, cols = np.nonzero(affine_images(bar, np.array([20.0]), np.zeros(1))[0, :, :, 0] > 128)
+    assert rows[cols == cols.max()].mean() < 28 and rows[cols == cols.min()].mean() > 36
+
+
+def test_rotations_and_shears_follow_seed_epoch_and_sample(sequences_store):
+    from pipelines.affine import affine_images
+
+    split = Split(open_store(sequences_store), "train")
+    images, labels = split.arrays
+
+    def turned(seed=1, epoch=3, batch_size=32, shuffle=False, permute=False, rotate=10.0, shear=0.2):
+        batches = Batches(split, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, permute=permute, rotate=rotate,
+                          shear=shear)
+        return (*epoch_samples(batches), batches._affine)
+
+    got, got_labels, draws = turned()
+    np.testing.assert_array_equal(got_labels, labels)  # the labels stay
+    assert np.abs(draws[:, 0]).max() <= 10 and np.abs(draws[:, 1]).max() <= 0.2
+    assert np.abs(draws[:, 0]).max() > 8 and np.abs(draws[:, 1]).max() > 0.16  # drawn over the whole range
+    np.testing.assert_array_equal(got, affine_images(images, draws[:, 0], draws[:, 1]))
+    _follows_seed_epoch_and_index(turned, split, got, got_labels)
+    # After permuting, with the same draws; only one of the two: the other stays 0.
+    permuted, permuted_labels = epoch_samples(Batches(split, 32, shuffle=False, seed=1, epoch=3, permute=True))
+    both, both_labels, _ = turned(permute=True)
+    np.testing.assert_array_equal(both, affine_images(permuted, draws[:, 0], draws[:, 1]))
+    np.testing.assert_array_equal(both_labels, permuted_labels)
+    assert (turned(shear=0.0)[2][:, 1] == 0).all() and (turned(rotate=0.0)[2][:, 0] == 0).all()
+    np.testing.assert_array_equal(turned(rotate=0.0, shear=0.0)[0], images)
+    for bad in ({"rotate": 31}, {"rotate": -1.0}, {"shear": 0.6}, {"shear": True}, {"rotate": float("nan")}):
+        with pytest.raises(ValueError, match="must be a number in 0.."):
+            Batches(split, 32, shuffle=True, **bad)
+
+
 def test_ink_keeping_shifts_cover_exactly_the_shifts_that_cut_nothing():
     from pipelines.batches import ink_keeping_shifts
 

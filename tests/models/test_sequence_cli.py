@@ -128,6 +128,24 @@ def test_permute_trains_mnist_sequences_and_refuses_other_stores(store, tmp_path
     assert both.exit_code == 1 and "exclude each other" in both.output and not (tmp_path / "both").exists()
 
 
+def test_rotate_and_shear_reach_the_training_batches_and_are_recorded(store, tmp_path):
+    out, plain = tmp_path / "turned", tmp_path / "plain"
+    run(train_main, ["--store", store, "--out", out, "--epochs", 1, "--batch-size", 16, "--rotate", 10, "--shear", 0.2, *CNN])
+    train = json.loads((out / "metrics.json").read_text())["train"]
+    assert (train["rotate"], train["shear"]) == (10.0, 0.2)
+    run(train_main, ["--store", store, "--out", plain, "--epochs", 1, "--batch-size", 16, *CNN])
+    loss = [next(csv.DictReader((folder / "log.csv").open()))["loss"] for folder in (out, plain)]
+    assert loss[0] != loss[1]
+    refused = run(train_main, ["--out", out, "--resume", "--epochs", 2, "--rotate", 5], ok=False)
+    assert refused.exit_code == 1 and "cannot change rotate" in refused.output
+    bad = run(train_main, ["--store", store, "--out", tmp_path / "bad", "--shear", 0.6, *CNN], ok=False)
+    assert bad.exit_code == 2 and "0<=x<=0.5" in bad.output and not (tmp_path / "bad").exists()
+    from visatt_models.train import RunError, make_run_spec  # the same check from Python
+
+    with pytest.raises(RunError, match=r"rotate must be a number in 0..30, got 40 \(--rotate, --shear\)"):
+        make_run_spec(store, rotate=40)
+
+
 def test_a_ctc_run_trains_evaluates_and_predicts(store, tmp_path):
     """The CTC head end to end on the 40x40 strips (20 frames after one stride-2 stage): figures, a
     repeatable evaluation, predictions; and a clear refusal, before any run folder is written, of a
