@@ -42,8 +42,7 @@ def build(name_preset: str):
     spec = registry.get_model_spec(name)
     keras.utils.set_random_seed(0)
     config = registry.make_config(spec, preset=preset or None)
-    frames = "columns" in (getattr(config, "pool", None), getattr(config, "cls_pool", None))
-    return spec.model_cls(config, SequenceTask(head="ctc" if frames else "independent"))
+    return spec.model_cls(config, SequenceTask(head="ctc" if spec.model_cls.makes_frames(config) else "independent"))
 
 
 def batch(batch_size: int, size: int, seed: int = 0):

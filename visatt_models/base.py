@@ -62,6 +62,12 @@ class VisattModel(keras.Model):
         """Raise ValueError when the model (with `config`) cannot serve `task` (any, unless overridden)."""
 
     @classmethod
+    def makes_frames(cls, config) -> bool:
+        """Whether the model (with `config`) emits a sequence of frames, for the `ctc` head (no,
+        unless overridden)."""
+        return False
+
+    @classmethod
     def check_input(cls, task: Task, config, image_shape) -> None:
         """Raise ValueError when the model (with `config`) cannot read images of `image_shape`
         (H, W[, C]) for `task` (any, unless overridden)."""

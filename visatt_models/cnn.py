@@ -261,12 +261,16 @@ class CNN(VisattModel):
         self.classifier = TaskHead(self.task, name="classifier")
 
     @classmethod
+    def makes_frames(cls, config) -> bool:
+        return config is not None and config.pool == "columns"
+
+    @classmethod
     def check_task(cls, task, config=None) -> None:
-        check_frames(task, config is not None and config.pool == "columns")
+        check_frames(task, cls.makes_frames(config))
 
     @classmethod
     def check_input(cls, task, config, image_shape) -> None:
-        if config.pool == "columns":
+        if cls.makes_frames(config):
             check_column_frames(task, image_shape[1], len(config.widths) - 1)
 
     def call(self, images, training=False):

@@ -183,12 +183,16 @@ class STN(VisattModel):
         self.head = TaskHead(self.task, seed=seed + 152, name="head")
 
     @classmethod
+    def makes_frames(cls, config) -> bool:
+        return config is not None and config.cls_pool == "columns"
+
+    @classmethod
     def check_task(cls, task, config=None) -> None:
-        check_frames(task, config is not None and config.cls_pool == "columns")
+        check_frames(task, cls.makes_frames(config))
 
     @classmethod
     def check_input(cls, task, config, image_shape) -> None:
-        if config.cls_pool == "columns":  # the classifier reads the transformed image
+        if cls.makes_frames(config):  # the classifier reads the transformed image
             check_column_frames(task, (config.output_size or image_shape)[1], len(config.cls_filters) - 1)
 
     def call(self, images, training=False):

@@ -175,6 +175,7 @@ def test_column_frames_need_the_ctc_head_and_enough_columns():
     from visatt_models.tasks import SequenceTask
 
     columns = CNNConfig(arch="modern", widths=(4, 8), pool="columns")
+    assert CNN.makes_frames(columns) and not CNN.makes_frames(CNNConfig(arch="modern", pool="flatten"))
     with pytest.raises(ValueError, match="add --head ctc"):
         CNN(columns, SequenceTask())
     with pytest.raises(ValueError, match="set pool=columns"):

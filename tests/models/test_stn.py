@@ -100,6 +100,7 @@ def test_config_validation():
         STNConfig(cls_pool="columns")  # the convnet classifier has no frames
     with pytest.raises(ValueError, match="cls_rnn reads frames"):
         STNConfig(classifier="modern", cls_rnn=8)
+    assert STN.makes_frames(STNConfig(classifier="modern", cls_pool="columns")) and not STN.makes_frames(STNConfig())
 
 
 def test_presets_build():
