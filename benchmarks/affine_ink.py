@@ -27,8 +27,9 @@ def main(argv=None):
     images = split.arrays[0]
     batches = Batches(split, 256, shuffle=False, seed=args.seed, rotate=args.rotate, shear=args.shear)
     turned = np.concatenate([batches[i][0] for i in range(len(batches))])
-    kept = turned.reshape(len(images), -1).sum(1) / np.maximum(images.reshape(len(images), -1).sum(1), 1)
-    print(f"{split.info.dataset} {args.split} ({len(images)} images), rotate {args.rotate:g} shear {args.shear:g}: "
+    ink = images.reshape(len(images), -1).sum(1)
+    kept = (turned.reshape(len(images), -1).sum(1) / np.maximum(ink, 1))[ink > 0]  # empty images keep nothing to lose
+    print(f"{split.info.dataset} {args.split} (the first {len(kept)} images with ink), rotate {args.rotate:g} shear {args.shear:g}: "
           f"ink kept mean {kept.mean():.3f}, 1st percentile {np.percentile(kept, 1):.3f}; "
           f"images losing more than 5%: {100 * (kept < 0.95).mean():.2f}%, more than 20%: {100 * (kept < 0.8).mean():.2f}%")
 

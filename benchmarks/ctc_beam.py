@@ -36,13 +36,13 @@ def beam_decode(task, log_probs: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="a run with the ctc head")
     parser.add_argument("--store", help="the store (default: the one the run was trained on)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--widths", type=int, nargs="+", default=[4, 16, 100])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     model = load_run(args.run)
     task = model.task
     if getattr(task, "head", None) != "ctc":

@@ -61,7 +61,7 @@ e)))` per sample index (as shifts are), and resampled bilinearly (Pillow) with 0
 from outside: the writer's own variation (Simard et al. 2003's affine distortions of MNIST)
 that a frozen set shows each digit with once. The labels stay, so keep both small: strips
 that fill the width lose the corners of their ends (`mnist-sequences` 1.0.0, rotate 8 and shear
-0.15: 0.43% of the training images lose more than 5% of their ink; 10 and 0.2: 1.45%;
+0.15: 0.43% of the first 10,000 training images lose more than 5% of their ink; 10 and 0.2: 1.45%;
 `benchmarks/affine_ink.py`), and two digits stacked one above the other (`mnist-pairs`) can
 trade places in reading order. It comes after repositioning and permuting and before cropping and shifting (so
 `keep_ink` keeps the ink of the turned image).

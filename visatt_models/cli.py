@@ -156,12 +156,14 @@ class CropType(click.ParamType):
               help="mnist-sequences: give each training image's digits a new order among their cells (the store's "
                    "boxes), labels with them, per seed, epoch and sample (for a given --limit): other numbers of the "
                    "same digits in the same layout every epoch (before --crop and --shift).")
-@click.option("--rotate", type=click.FloatRange(0, MAX_ROTATE), default=_DEFAULTS.rotate, show_default=True,
-              help="Turn each training image about its centre by an angle drawn from -D..D degrees, per seed, epoch "
-                   "and sample (bilinear, zero-filled; before --crop and --shift). 0: none.")
-@click.option("--shear", type=click.FloatRange(0, MAX_SHEAR), default=_DEFAULTS.shear, show_default=True,
-              help="Slant each training image about its centre: x += k * y with k drawn from -S..S, per seed, epoch "
-                   "and sample (with --rotate: sheared, then turned). 0: none.")
+@click.option("--rotate", type=click.FloatRange(0, MAX_ROTATE), metavar="D", default=_DEFAULTS.rotate,
+              show_default=True,
+              help="Turn each training image about its centre by an angle drawn from -D..D degrees (at most 30), per "
+                   "seed, epoch and sample (bilinear, zero-filled; before --crop and --shift). 0: none.")
+@click.option("--shear", type=click.FloatRange(0, MAX_SHEAR), metavar="S", default=_DEFAULTS.shear, show_default=True,
+              help="Slant each training image about its centre: each row moves sideways by k times its distance from the "
+                   "centre row (rightwards below it for k > 0), the slant k drawn from -S..S (at most 0.5), per seed, epoch and sample (with "
+                   "--rotate: slanted, then turned). 0: none.")
 @click.option("--memory-limit-mb", type=click.IntRange(1), default=_DEFAULTS.memory_limit // 2**20, show_default=True, help="Splits larger than this are streamed by chunks.")
 @click.option("--time-limit", "time_limit_min", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop after the last epoch expected to end within this many minutes, test the best checkpoint, "

@@ -131,10 +131,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.reposition and self.permute:
             raise ValueError("reposition (--reposition, mnist-pairs) and permute (--permute, mnist-sequences) exclude each other")
-        try:
-            check_affine(self.rotate, self.shear)
-        except ValueError as e:
-            raise ValueError(f"{e} (--rotate, --shear)") from None
+        for name in ("rotate", "shear"):
+            try:
+                check_affine(**{name: getattr(self, name)})
+            except ValueError as e:
+                raise ValueError(f"{e} (--{name})") from None
+            object.__setattr__(self, name, float(getattr(self, name)))
         if self.crop is not None:
             object.__setattr__(self, "crop", tuple(int(v) for v in self.crop))
             if len(self.crop) != 2 or min(self.crop) < 1:

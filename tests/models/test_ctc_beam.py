@@ -1,13 +1,10 @@
-"""benchmarks/ctc_beam.py's beam decoding on crafted frames, and benchmarks/affine_ink.py on a tiny store."""
+"""benchmarks/ctc_beam.py's beam decoding on crafted frames."""
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from stores import tiny_store
 from visatt_models.tasks import SequenceTask, decode_numpy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,11 +32,3 @@ def test_beam_search_finds_the_labelling_that_the_best_path_misses():
     # Seven confident digits: the first six kept (a sixth digit makes the prediction wrong).
     seven = _frames([{d: 0.9} for d in (3, 1, 4, 1, 5, 9, 2)])
     assert ctc_beam.beam_decode(task, seven, 8).tolist() == [[3, 1, 4, 1, 5, 9]]
-
-
-def test_affine_ink_reports_the_ink_kept(tmp_path):
-    store = tiny_store(tmp_path / "sequences.zarr", name="mnist-sequences", limit=40, canvas=64)
-    done = subprocess.run([sys.executable, ROOT / "benchmarks" / "affine_ink.py", "--store", store, "--rotate", "10"],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    assert "mnist-sequences train (40 images), rotate 10 shear 0.15: ink kept mean 0.9" in done.stdout

@@ -242,6 +242,12 @@ def test_rotations_and_shears_follow_seed_epoch_and_sample(sequences_store):
     for bad in ({"rotate": 31}, {"rotate": -1.0}, {"shear": 0.6}, {"shear": True}, {"rotate": float("nan")}):
         with pytest.raises(ValueError, match="must be a number in 0.."):
             Batches(split, 32, shuffle=True, **bad)
+    from visatt_models.config import TrainConfig
+
+    train = TrainConfig(rotate=np.int64(5), shear=np.float32(0.25))  # numpy numbers are numbers, kept as floats
+    assert (train.rotate, train.shear) == (5.0, 0.25) and type(train.rotate) is float and type(train.shear) is float
+    with pytest.raises(ValueError, match=r"^shear must be a number in 0..0.5, got 0.6 \(--shear\)$"):
+        TrainConfig(shear=0.6)
 
 
 def test_ink_keeping_shifts_cover_exactly_the_shifts_that_cut_nothing():
@@ -330,7 +336,8 @@ def test_keep_ink_shifts_move_far_but_cut_nothing(store):
 
     from visatt_models.config import config_from_dict
 
-    older = {k: v for k, v in dataclasses.asdict(TrainConfig(shift=2)).items() if k not in ("shift_keep_ink", "shift_floor")}
+    older = {k: v for k, v in dataclasses.asdict(TrainConfig(shift=2)).items()
+             if k not in ("shift_keep_ink", "shift_floor", "rotate", "shear")}
     assert config_from_dict(TrainConfig, older) == TrainConfig(shift=2)
 
 
