@@ -53,18 +53,18 @@ shared column on the wrong side of the middle moves with the cell that takes it 
 1.0.0 training images have ink where cells overlap, 4.6 pixels where any:
 `benchmarks/sequence_cells.py`). It comes before cropping and shifting.
 
-Rotating and shearing. With `rotate=r` and/or `shear=s` every training image is rotated by an
-angle drawn uniformly from -r..r degrees (counter-clockwise for positive angles) and sheared
-horizontally (x += k * y, y pointing down, a slant of the writing) by k drawn uniformly from
--s..s, both about the image centre, by `default_rng(SeedSequence(seed, spawn_key=(AFFINE_KEY,
-e)))` per sample index (as shifts are), and resampled bilinearly (Pillow) with 0 for what comes
-from outside: the writer's own variation (Simard et al. 2003's affine distortions of MNIST)
-that a frozen set shows each digit with once. The labels stay, so keep both small: strips
-that fill the width lose the corners of their ends (`mnist-sequences` 1.0.0, rotate 8 and shear
-0.15: 0.43% of the first 10,000 training images lose more than 5% of their ink; 10 and 0.2: 1.45%;
-`benchmarks/affine_ink.py`), and two digits stacked one above the other (`mnist-pairs`) can
-trade places in reading order. It comes after repositioning and permuting and before cropping and shifting (so
-`keep_ink` keeps the ink of the turned image).
+Rotating and shearing. With `rotate=r` and/or `shear=s` every training image is sheared
+horizontally (x += k * y, y pointing down: a slant of the writing) by k drawn uniformly from
+-s..s and then rotated by an angle drawn uniformly from -r..r degrees (counter-clockwise as seen
+for positive angles), both about the image centre, by `default_rng(SeedSequence(seed,
+spawn_key=(AFFINE_KEY, e)))` per sample index (as shifts are), and resampled bilinearly (Pillow)
+with 0 for what comes from outside: the writer's own variation (Simard et al. 2003's affine
+distortions of MNIST) that a frozen set shows each digit with once. The labels stay, so keep
+both small: strips that fill the width lose the corners of their ends (`mnist-sequences` 1.0.0,
+rotate 8 and shear 0.15: 0.43% of the first 10,000 training images lose more than 5% of their
+ink; 10 and 0.2: 1.45%; `benchmarks/affine_ink.py`), and two digits stacked one above the other
+(`mnist-pairs`) can trade places in reading order. It comes after repositioning and permuting
+and before cropping and shifting (so `keep_ink` keeps the ink of the turned image).
 
 Shuffling. The order of epoch `e` is drawn from its own generator,
 `default_rng(SeedSequence(seed, spawn_key=(SHUFFLE_KEY, e)))`, so it depends only on the run
