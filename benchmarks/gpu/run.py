@@ -248,6 +248,14 @@ RUNS = [
           ("cnn-ctc", "cnn", "modern-seq-ctc", ()),
           ("cnn-ctc-wide", "cnn", "modern-seq-ctc", ("widths=32,64,128,256", "rnn=256")),
           ("stn-ctc", "stn", "st-cnn-ctc", ()))),
+    # The same with each training image slanted and turned (`--shear 0.15 --rotate 8`; the CPU A/B on
+    # the ctc CNN is in docs/results.md, "Slanting and turning"). Pillow's resampling adds ~160 us an
+    # image to the loader thread, on top of --permute's.
+    *(Run(f"{name}-seq-keepink8-permute-affine-cosine-wd", "mnist-sequences", model, preset, overrides,
+          cosine(40, head="ctc", weight_decay=0.05, shift=8, shift_keep_ink=True, permute=True, rotate=8.0, shear=0.15))
+      for name, model, preset, overrides in (
+          ("cnn-ctc-wide", "cnn", "modern-seq-ctc", ("widths=32,64,128,256", "rnn=256")),
+          ("stn-ctc", "stn", "st-cnn-ctc", ()))),
 ]
 RUN_FILES = ("run.json", "state.json", "metrics.json", "log.csv")  # and every picture (*.png)
 
