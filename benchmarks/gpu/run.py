@@ -248,9 +248,10 @@ RUNS = [
           ("cnn-ctc", "cnn", "modern-seq-ctc", ()),
           ("cnn-ctc-wide", "cnn", "modern-seq-ctc", ("widths=32,64,128,256", "rnn=256")),
           ("stn-ctc", "stn", "st-cnn-ctc", ()))),
-    # The same with each training image slanted and turned (`--shear 0.15 --rotate 8`; the CPU A/B on
-    # the ctc CNN is in docs/results.md, "Slanting and turning"). Pillow's resampling adds ~160 us an
-    # image to the loader thread, on top of --permute's.
+    # The same with each training image slanted and turned (`--shear 0.15 --rotate 8`). On the CPU it
+    # did not help the narrow ctc CNN (2.21 against 2.00 in 21 epochs, train accuracy down as much as
+    # val: short of capacity; docs/results.md, "Slanting and turning"); the wider models may use it.
+    # Pillow's resampling adds ~160 us an image to the loader thread, on top of --permute's.
     *(Run(f"{name}-seq-keepink8-permute-affine-cosine-wd", "mnist-sequences", model, preset, overrides,
           cosine(40, head="ctc", weight_decay=0.05, shift=8, shift_keep_ink=True, permute=True, rotate=8.0, shear=0.15))
       for name, model, preset, overrides in (
