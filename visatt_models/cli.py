@@ -161,9 +161,9 @@ class CropType(click.ParamType):
               help="Turn each training image about its centre by an angle drawn from -D..D degrees (at most 30), per "
                    "seed, epoch and sample (bilinear, zero-filled; before --crop and --shift). 0: none.")
 @click.option("--shear", type=click.FloatRange(0, MAX_SHEAR), metavar="S", default=_DEFAULTS.shear, show_default=True,
-              help="Slant each training image about its centre: each row moves sideways by k times its distance from the "
-                   "centre row (rightwards below it for k > 0), the slant k drawn from -S..S (at most 0.5), per seed, epoch and sample (with "
-                   "--rotate: slanted, then turned). 0: none.")
+              help="Slant each training image about its centre: each row moves sideways by k times its distance from "
+                   "the centre row (rightwards below it for k > 0), the slant k drawn from -S..S (at most 0.5), per "
+                   "seed, epoch and sample (with --rotate: slanted, then turned). 0: none.")
 @click.option("--memory-limit-mb", type=click.IntRange(1), default=_DEFAULTS.memory_limit // 2**20, show_default=True, help="Splits larger than this are streamed by chunks.")
 @click.option("--time-limit", "time_limit_min", type=click.FloatRange(0, min_open=True), default=None,
               help="Stop after the last epoch expected to end within this many minutes, test the best checkpoint, "
