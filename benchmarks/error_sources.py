@@ -23,6 +23,7 @@ from pipelines.sequences import SEQUENCES, SequenceRecipe, generate_sequences, s
 from pipelines.sources import load_mnist
 from visatt_models.evaluate import predictions
 from visatt_models.inference import load_run
+from visatt_models.tasks import BLANK
 from visatt_models.train import check_same_data
 
 
@@ -53,7 +54,7 @@ def source_digits(store, split: str, mnist_dir=None) -> np.ndarray:
 def misread_slots(predicted: np.ndarray, labels: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """(N, 5) bool: digit slots read wrong, in samples whose predicted length is right."""
     predicted = predicted[:, : labels.shape[1]]
-    right_length = (predicted != 10).sum(axis=1) == lengths
+    right_length = (predicted != BLANK).sum(axis=1) == lengths
     present = np.arange(labels.shape[1])[None, :] < lengths[:, None]
     return (predicted != labels) & present & right_length[:, None]
 
@@ -88,10 +89,10 @@ def main(argv=None):
     found = []
     for run, model in zip(args.run, models):
         predicted = np.concatenate([predictions(model, images[i : i + 500]) for i in range(0, len(images), 500)])
-        wrong = (predicted[:, : labels.shape[1]] != labels).any(axis=1) | (predicted[:, labels.shape[1] :] != 10).any(axis=1)
+        right = model.task.count(predicted, labels)["sequences_right"]  # labels padded to a wider prediction
         counts = by_source(misread_slots(predicted, labels, lengths), digits)
         found.append(counts["misread"])
-        print(f"{run}: {int(wrong.sum())} wrong sequences; {counts['slots']} misread slots from {counts['digits']} source "
+        print(f"{run}: {len(labels) - right} wrong sequences; {counts['slots']} misread slots from {counts['digits']} source "
               f"digits; misread in every appearance: {counts['always']} digits ({counts['always_slots']} slots), "
               f"in two or more: {counts['twice']} ({counts['twice_slots']} slots); wrong sequences whose misreads "
               f"are all on digits misread in every appearance: {counts['sequences_on_always']}")
