@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import shutil
 import tarfile
@@ -284,8 +285,8 @@ class SvhnRecipe:
     def __post_init__(self):
         if self.size < 1:
             raise ValueError(f"size {self.size} must be positive")
-        if self.expand < 0:
-            raise ValueError(f"expand {self.expand} must be non-negative")
+        if not (math.isfinite(self.expand) and self.expand >= 0):
+            raise ValueError(f"expand {self.expand} must be a finite number >= 0")
         if self.resample not in RESAMPLE:
             raise ValueError(f"resample {self.resample!r} is not one of {', '.join(RESAMPLE)}")
         if not 0 <= self.val_fraction < 1:

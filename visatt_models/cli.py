@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 
@@ -80,6 +81,16 @@ def _import_training():
     return training
 
 
+class Finite(click.FloatRange):
+    """click.FloatRange that refuses nan and inf (which pass its bounds) as a usage error."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
+
+
 class CropType(click.ParamType):
     """`54` (square) or `54,48` (height, width)."""
 
@@ -108,23 +119,23 @@ class CropType(click.ParamType):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one model config field (repeatable), e.g. --set glimpses=6.")
 @click.option("--epochs", type=click.IntRange(1), default=_DEFAULTS.epochs, show_default=True, help="Total epochs (may be raised on --resume).")
 @click.option("--batch-size", type=click.IntRange(1), default=_DEFAULTS.batch_size, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=_DEFAULTS.lr, show_default=True, help="Learning rate.")
+@click.option("--lr", type=Finite(0, min_open=True), default=_DEFAULTS.lr, show_default=True, help="Learning rate.")
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=_DEFAULTS.optimizer, show_default=True)
-@click.option("--momentum", type=float, default=_DEFAULTS.momentum, show_default=True, help="SGD momentum.")
-@click.option("--clipnorm", type=click.FloatRange(0, min_open=True), default=None, help="Clip each variable's gradient to this norm.")
-@click.option("--global-clipnorm", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--momentum", type=Finite(0, 1), default=_DEFAULTS.momentum, show_default=True, help="SGD momentum.")
+@click.option("--clipnorm", type=Finite(0, min_open=True), default=None, help="Clip each variable's gradient to this norm.")
+@click.option("--global-clipnorm", type=Finite(0, min_open=True), default=None,
               help="Scale all gradients together to at most this global norm (excludes --clipnorm).")
-@click.option("--weight-decay", type=click.FloatRange(0, 1, max_open=True), default=_DEFAULTS.weight_decay, show_default=True,
+@click.option("--weight-decay", type=Finite(0, 1, max_open=True), default=_DEFAULTS.weight_decay, show_default=True,
               help="Decoupled weight decay (AdamW-style): each step also scales every trainable variable by "
                    "(1 - weight_decay x lr). 0: none.")
 @click.option("--schedule", type=click.Choice(["constant", "cosine", "step"]), default=_DEFAULTS.schedule, show_default=True,
               help="Learning rate per step: constant; cosine (warm-up from 0 over --warmup-epochs, then a cosine down to "
                    "--final-lr-fraction x lr at the last epoch; raising --epochs on --resume re-plans it over the new "
                    "total); step (lr x --step-factor every --step-epochs epochs).")
-@click.option("--warmup-epochs", type=click.FloatRange(0), default=_DEFAULTS.warmup_epochs, show_default=True, help="Cosine warm-up length (may be fractional).")
-@click.option("--final-lr-fraction", type=click.FloatRange(0, 1), default=_DEFAULTS.final_lr_fraction, show_default=True, help="Cosine: the last step's lr as a fraction of --lr.")
+@click.option("--warmup-epochs", type=Finite(0), default=_DEFAULTS.warmup_epochs, show_default=True, help="Cosine warm-up length (may be fractional).")
+@click.option("--final-lr-fraction", type=Finite(0, 1), default=_DEFAULTS.final_lr_fraction, show_default=True, help="Cosine: the last step's lr as a fraction of --lr.")
 @click.option("--step-epochs", type=click.IntRange(1), default=_DEFAULTS.step_epochs, show_default=True, help="Step schedule: epochs between decays.")
-@click.option("--step-factor", type=click.FloatRange(0, 1, min_open=True), default=_DEFAULTS.step_factor, show_default=True, help="Step schedule: lr factor per decay.")
+@click.option("--step-factor", type=Finite(0, 1, min_open=True), default=_DEFAULTS.step_factor, show_default=True, help="Step schedule: lr factor per decay.")
 @click.option("--seed", type=click.IntRange(0), default=_DEFAULTS.seed, show_default=True, help="Run seed: weights, data order, sampling.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N samples of each split (quick runs).")
 @click.option("--mc", "mc_samples", type=click.IntRange(0), default=_DEFAULTS.mc_samples, show_default=True, help="Stochastic models (RAM, DRAM): Monte-Carlo location samples at test time (0: none).")
@@ -156,16 +167,16 @@ class CropType(click.ParamType):
               help="mnist-sequences: give each training image's digits a new order among their cells (the store's "
                    "boxes), labels with them, per seed, epoch and sample (for a given --limit): other numbers of the "
                    "same digits in the same layout every epoch (before --crop and --shift).")
-@click.option("--rotate", type=click.FloatRange(0, MAX_ROTATE), metavar="D", default=_DEFAULTS.rotate,
+@click.option("--rotate", type=Finite(0, MAX_ROTATE), metavar="D", default=_DEFAULTS.rotate,
               show_default=True,
               help="Turn each training image about its centre by an angle drawn from -D..D degrees (at most 30), per "
                    "seed, epoch and sample (bilinear, zero-filled; before --crop and --shift). 0: none.")
-@click.option("--shear", type=click.FloatRange(0, MAX_SHEAR), metavar="S", default=_DEFAULTS.shear, show_default=True,
+@click.option("--shear", type=Finite(0, MAX_SHEAR), metavar="S", default=_DEFAULTS.shear, show_default=True,
               help="Slant each training image about its centre: each row moves sideways by k times its distance from "
                    "the centre row (rightwards below it for k > 0), the slant k drawn from -S..S (at most 0.5), per "
                    "seed, epoch and sample (with --rotate: slanted, then turned). 0: none.")
 @click.option("--memory-limit-mb", type=click.IntRange(1), default=_DEFAULTS.memory_limit // 2**20, show_default=True, help="Splits larger than this are streamed by chunks.")
-@click.option("--time-limit", "time_limit_min", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--time-limit", "time_limit_min", type=Finite(0, min_open=True), default=None,
               help="Stop after the last epoch expected to end within this many minutes, test the best checkpoint, "
                    "and leave the rest to --resume (not part of the run's definition).")
 @click.option("--devices", type=click.IntRange(1), default=None,

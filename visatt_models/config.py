@@ -10,6 +10,8 @@ training run.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import types
 import typing
 from typing import Any, Literal
@@ -98,6 +100,10 @@ class TrainConfig:
     shear: float = 0.0
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):  # nan and inf pass every bound below
+            value = getattr(self, field.name)
+            if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(value):
+                raise ValueError(f"{field.name} must be a finite number, got {value!r}")
         if self.schedule not in ("constant", "cosine", "step"):
             raise ValueError(f"schedule must be constant, cosine or step, got {self.schedule!r}")
         if self.warmup_epochs < 0 or not 0 <= self.final_lr_fraction <= 1:
@@ -113,6 +119,8 @@ class TrainConfig:
         for name in ("clipnorm", "global_clipnorm"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
+        if not 0 <= self.momentum <= 1:
+            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
         if not 0 <= self.weight_decay < 1:
             raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
         if isinstance(self.shift, bool) or not (isinstance(self.shift, int) and self.shift >= 0):
@@ -281,9 +289,12 @@ def convert(text: str, tp) -> Any:
             raise ValueError(f"expected an integer, got {text!r}") from None
     if tp is float:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise ValueError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {text!r}")
+        return value
     if tp is str:
         return text
     raise ValueError(f"fields of type {tp} cannot be set from the command line")

@@ -43,6 +43,8 @@ def test_overrides_convert_every_field_type():
         ("bogus=1", "unknown key 'bogus'"),
         ("n=1.5", "expected an integer"),
         ("rate=fast", "expected a number"),
+        ("rate=nan", "expected a finite number"),
+        ("pair=1,-inf", "expected a finite number"),
         ("flag=maybe", "expected a boolean"),
         ("mode=z", "expected one of x, y"),
         ("sizes=1,a", "expected an integer"),
@@ -135,3 +137,20 @@ def test_help_and_docs_are_generated_from_the_registry():
     help_text = "".join(CliRunner().invoke(train_main, ["--help"]).output.split())  # wrapped anywhere
     for name, entry in registry.MODELS.items():
         assert f"{name}:{','.join(entry.presets)}" in help_text
+
+
+@pytest.mark.parametrize("field", ["lr", "momentum", "weight_decay", "warmup_epochs", "clipnorm", "step_factor", "rotate"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_train_config_refuses_numbers_that_are_not_finite(field, value):
+    from visatt_models.config import TrainConfig
+
+    with pytest.raises(ValueError, match=f"^{field} must be a finite number, got {value!r}$"):
+        TrainConfig(**{field: value})
+
+
+def test_train_config_refuses_a_momentum_keras_refuses():
+    from visatt_models.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"^momentum must be in \[0, 1\], got 1.5$"):
+        TrainConfig(momentum=1.5)
+    assert TrainConfig(momentum=1.0, optimizer="sgd").momentum == 1.0

@@ -281,6 +281,11 @@ def test_bad_options_are_errors(store, tmp_path):
     bad = run(train_main, ["--store", store, "--out", out, "--preset", "paper-100"], ok=False)
     assert "unknown preset 'paper-100' for model 'cnn'" in bad.output
     assert run(train_main, ["--out", out, "--resume", "--overwrite"], ok=False).exit_code == 2
+    for option, value in (("--lr", "inf"), ("--weight-decay", "nan"), ("--momentum", "nan"), ("--time-limit", "inf")):
+        bad = run(train_main, ["--store", store, "--out", out, option, value], ok=False)  # nan and inf pass the bounds
+        assert bad.exit_code == 2 and f"{value} is not a finite number" in bad.output and option in bad.output
+    bad = run(train_main, ["--store", store, "--out", out, "--set", "dropout=nan"], ok=False)
+    assert bad.exit_code == 1 and "dropout='nan': expected a finite number" in bad.output
     assert not out.exists()
     assert "--resume" in run(train_main, ["--help"]).output and "--force" in run(eval_main, ["--help"]).output
 

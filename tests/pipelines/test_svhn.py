@@ -217,8 +217,9 @@ def test_threads_give_the_same_bytes(tree):
 def test_recipe_checks_its_options():
     with pytest.raises(ValueError, match="resample 'cubic' is not one of"):
         SvhnRecipe(resample="cubic")
-    with pytest.raises(ValueError, match="expand"):
-        SvhnRecipe(expand=-0.1)
+    for expand in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="expand .* must be a finite number >= 0"):
+            SvhnRecipe(expand=expand)
 
 
 # ---------------------------------------------------------------- splits
