@@ -24,7 +24,7 @@ _SHOW_TF_LOGS = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from pipelines.affine import MAX_ROTATE, MAX_SHEAR
-from visatt_models.config import ConfigError, TrainConfig  # plain Python: --help stays fast
+from visatt_models.config import HEADS, ConfigError, TrainConfig  # plain Python: --help stays fast
 from visatt_models.registry import MODEL_NAMES, presets_help
 
 _DEFAULTS = TrainConfig()
@@ -139,7 +139,7 @@ class CropType(click.ParamType):
 @click.option("--seed", type=click.IntRange(0), default=_DEFAULTS.seed, show_default=True, help="Run seed: weights, data order, sampling.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N samples of each split (quick runs).")
 @click.option("--mc", "mc_samples", type=click.IntRange(0), default=_DEFAULTS.mc_samples, show_default=True, help="Stochastic models (RAM, DRAM): Monte-Carlo location samples at test time (0: none).")
-@click.option("--head", type=click.Choice(["independent", "length", "ctc"]), default=None,
+@click.option("--head", type=click.Choice(HEADS), default=None,
               help="Sequence stores: 'independent' (default; a softmax over the digits and the blank per position, the "
                    "seed article's SVHN baseline), 'length' (Goodfellow et al. 2013: a length softmax and digit softmaxes) "
                    "or 'ctc' (a softmax per frame, left to right, with the CTC loss; needs a CNN or STN with "

@@ -19,6 +19,8 @@ from typing import Any, Literal
 from pipelines.affine import check_affine
 from pipelines.reader import DEFAULT_MEMORY_LIMIT  # bytes of a split held in memory
 
+HEADS = ("independent", "length", "ctc")  # the sequence task's heads (`tasks.SequenceTask`; --head)
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _NONE = {"none", "null"}

@@ -57,9 +57,10 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from visatt_models.config import HEADS
+
 BLANK = 10  # the padding class of sequence labels: one past the last digit
 MAX_LENGTH = 5  # label positions of the sequence stores
-HEADS = ("independent", "length", "ctc")  # the sequence task's heads
 
 
 @dataclasses.dataclass(frozen=True)
