@@ -22,6 +22,13 @@ What the base does, once for every model:
   is saved with its weights and restored on load, so a reloaded or resumed model draws the same
   random numbers as the original would have.
 
+Precision: a model takes Keras' `dtype` ("float32", or "mixed_bfloat16": bfloat16 compute on
+float32 weights, which convolutions on CPUs with AMX and on GPUs run several times faster). Its
+layers are made under `policy_scope(dtype)`, the task's heads stay float32 (the losses and
+decoding read float32 logits), and `get_config` records it. Only models with
+`mixed_precision = True` take a mixed policy (RAM and DRAM sample locations, whose
+log-probabilities bfloat16's 8-bit mantissa would blur).
+
 `stochastic = True` says the model's outputs depend on random draws at inference (RAM's
 locations): the evaluator then adds Monte-Carlo averaging over several draws, combining the
 heads' probabilities (`mc_average = "probabilities"`) or log-probabilities.
@@ -29,6 +36,7 @@ heads' probabilities (`mc_average = "probabilities"`) or log-probabilities.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import ClassVar
 
@@ -36,9 +44,25 @@ import keras
 from keras import ops
 
 from visatt_models import config as cfg
+from visatt_models.config import PRECISIONS
 from visatt_models.tasks import DigitTask, Task, task_from_dict, task_to_dict
 
 _SEED_KEY = "seed_state_"
+
+
+@contextlib.contextmanager
+def policy_scope(policy):
+    """Keras' global dtype policy set to `policy` (a name or DTypePolicy; None: unchanged) while
+    inside, so that the layers made there take it."""
+    if policy is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 class VisattModel(keras.Model):
@@ -47,9 +71,11 @@ class VisattModel(keras.Model):
     config_cls: ClassVar[type]
     stochastic: ClassVar[bool] = False
     mc_average: ClassVar[str] = "probabilities"  # or "log_probabilities"
+    mixed_precision: ClassVar[bool] = False  # whether the model takes dtype="mixed_bfloat16"
 
     def __init__(self, config=None, task: Task | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.check_precision(self.dtype_policy.name)
         self.config = config if config is not None else self.config_cls()
         if not isinstance(self.config, self.config_cls):
             raise TypeError(f"{type(self).__name__} takes a {self.config_cls.__name__}, got {type(self.config).__name__}")
@@ -60,6 +86,15 @@ class VisattModel(keras.Model):
     @classmethod
     def check_task(cls, task: Task, config=None) -> None:
         """Raise ValueError when the model (with `config`) cannot serve `task` (any, unless overridden)."""
+
+    @classmethod
+    def check_precision(cls, policy: str) -> None:
+        """Raise ValueError unless the model can train under the dtype policy named `policy`."""
+        if policy not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {policy!r}")
+        if policy != "float32" and not cls.mixed_precision:
+            raise ValueError(f"{cls.__name__} trains in float32 only (its sampled locations' log-probabilities need "
+                             f"float32); {policy} is for cnn and stn")
 
     @classmethod
     def makes_frames(cls, config) -> bool:
@@ -98,8 +133,8 @@ class VisattModel(keras.Model):
     # ------------------------------------------------------------ serialisation
 
     def get_config(self):
-        return {"name": self.name, "trainable": self.trainable, "config": dataclasses.asdict(self.config),
-                "task": task_to_dict(self.task)}
+        return {"name": self.name, "trainable": self.trainable, "dtype": self.dtype_policy.name,
+                "config": dataclasses.asdict(self.config), "task": task_to_dict(self.task)}
 
     @classmethod
     def from_config(cls, config):

@@ -34,7 +34,7 @@ from typing import Literal
 import keras
 from keras import layers, ops
 
-from visatt_models.base import VisattModel
+from visatt_models.base import VisattModel, policy_scope
 from visatt_models.config import check_rates
 from visatt_models.tasks import TaskHead
 
@@ -112,8 +112,9 @@ class ConvBN(layers.Layer):
     def __init__(self, filters: int, kernel_size: int = 3, strides: int = 1, relu: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.kernel_size, self.strides, self.relu = filters, kernel_size, strides, relu
-        self.conv = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False)
-        self.bn = layers.BatchNormalization(momentum=BN_MOMENTUM)
+        self.conv = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
+                                  dtype=self.dtype_policy)
+        self.bn = layers.BatchNormalization(momentum=BN_MOMENTUM, dtype=self.dtype_policy)
 
     def call(self, x, training=False):
         y = self.bn(self.conv(x), training=training)
@@ -144,17 +145,18 @@ class BasicBlock(layers.Layer):
     def __init__(self, filters: int, strides: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.strides = filters, strides
-        self.conv1 = ConvBN(filters, 3, strides)
-        self.conv2 = layers.Conv2D(filters, 3, padding="same", use_bias=False)
-        self.bn2 = layers.BatchNormalization(momentum=BN_MOMENTUM, gamma_initializer="zeros")  # block starts as identity
+        self.conv1 = ConvBN(filters, 3, strides, dtype=self.dtype_policy)
+        self.conv2 = layers.Conv2D(filters, 3, padding="same", use_bias=False, dtype=self.dtype_policy)
+        self.bn2 = layers.BatchNormalization(momentum=BN_MOMENTUM, gamma_initializer="zeros",  # block starts as identity
+                                             dtype=self.dtype_policy)
         self.pool = None
         self.project = None
 
     def build(self, input_shape):
         if self.strides != 1:
-            self.pool = layers.AveragePooling2D(self.strides, padding="same")
+            self.pool = layers.AveragePooling2D(self.strides, padding="same", dtype=self.dtype_policy)
         if self.strides != 1 or input_shape[-1] != self.filters:
-            self.project = ConvBN(self.filters, 1, relu=False)
+            self.project = ConvBN(self.filters, 1, relu=False, dtype=self.dtype_policy)
 
     def call(self, x, training=False):
         y = self.bn2(self.conv2(self.conv1(x, training=training)), training=training)
@@ -254,11 +256,13 @@ class CNN(VisattModel):
     """CNN of uint8 images (B, H, W, C) -> the task's heads ({"logits": (B, K)} for digits)."""
 
     config_cls = CNNConfig
+    mixed_precision = True
 
     def __init__(self, config: CNNConfig | None = None, task=None, **kwargs):
         super().__init__(config, task, **kwargs)
-        self.features = feature_layers(self.config)
-        self.classifier = TaskHead(self.task, name="classifier")
+        with policy_scope(self.dtype_policy):
+            self.features = feature_layers(self.config)
+        self.classifier = TaskHead(self.task, name="classifier")  # float32
 
     @classmethod
     def makes_frames(cls, config) -> bool:

@@ -20,6 +20,7 @@ from pipelines.affine import check_affine
 from pipelines.reader import DEFAULT_MEMORY_LIMIT  # bytes of a split held in memory
 
 HEADS = ("independent", "length", "ctc")  # the sequence task's heads (`tasks.SequenceTask`; --head)
+PRECISIONS = ("float32", "mixed_bfloat16")  # Keras dtype policies a run may train under (--precision)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -61,6 +62,10 @@ class TrainConfig:
         degrees and shear it horizontally (x += k * y) by k drawn uniformly from -shear..shear,
         about its centre, per (seed, epoch, sample index), after repositioning or permuting and
         before cropping and shifting (`pipelines.batches`); 0: none.
+    precision: the Keras dtype policy of the model: "float32", or "mixed_bfloat16" (bfloat16
+        compute on float32 weights, the heads' logits in float32; `base.VisattModel`): 1.5x the
+        training images/s of the ctc CNN on an AMX CPU (`benchmarks/bench_sequence.py
+        --precision`), for cnn and stn.
     schedule: the learning rate per optimizer step (`train.make_schedule`):
         constant  `lr` throughout;
         cosine    linear warm-up from 0 over `warmup_epochs`, then a cosine from `lr` down to
@@ -100,12 +105,15 @@ class TrainConfig:
     permute: bool = False
     rotate: float = 0.0
     shear: float = 0.0
+    precision: str = "float32"
 
     def __post_init__(self):
         for field in dataclasses.fields(self):  # nan and inf pass every bound below
             value = getattr(self, field.name)
             if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(value):
                 raise ValueError(f"{field.name} must be a finite number, got {value!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.schedule not in ("constant", "cosine", "step"):
             raise ValueError(f"schedule must be constant, cosine or step, got {self.schedule!r}")
         if self.warmup_epochs < 0 or not 0 <= self.final_lr_fraction <= 1:

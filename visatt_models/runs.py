@@ -86,7 +86,8 @@ class RunSpec:
 
     def build_model(self):
         """A fresh model of this spec, built for its input shape."""
-        model = registry.get_model_spec(self.model).model_cls(self.model_config(), self.task_object())
+        model = registry.get_model_spec(self.model).model_cls(self.model_config(), self.task_object(),
+                                                              dtype=self.train.precision)
         model(np.zeros((1, *self.input_shape), np.uint8))  # create the weights
         return model
 

@@ -27,7 +27,7 @@ from typing import Literal
 import keras
 from keras import layers, ops
 
-from visatt_models.base import VisattModel
+from visatt_models.base import VisattModel, policy_scope
 from visatt_models.config import check_rates
 from visatt_models.cnn import CNNConfig, apply_layers, check_column_frames, check_frames, conv_stack, feature_layers
 from visatt_models.sampler import affine_grid, bilinear_sample
@@ -116,7 +116,7 @@ class LocalisationNetwork(layers.Layer):
         self.affine = layers.Dense(
             6, kernel_initializer="zeros",
             bias_initializer=keras.initializers.Constant([scale, 0.0, 0.0, 0.0, scale, 0.0]),
-            name="loc_affine")
+            name="loc_affine", dtype="float32")  # theta in float32 under a mixed model too: it places the sampling grid
 
     def call(self, u):
         x = u
@@ -164,23 +164,25 @@ class STN(VisattModel):
     """
 
     config_cls = STNConfig
+    mixed_precision = True
 
     def __init__(self, config: STNConfig | None = None, task=None, **kwargs):
         super().__init__(config, task, **kwargs)
         config = self.config
         seed = config.seed * 1000
-        self.localisation = LocalisationNetwork(config.loc_filters, config.loc_kernel,
-                                                config.loc_dense, config.init, config.zoom,
-                                                seed=seed, name="localisation")
-        if config.classifier == "convnet":
-            self.features = [ConvFeatures(config.cls_filters, config.cls_kernel, config.cls_dense,
-                                          config.dropout, seed=seed, name="classifier")]
-        else:
-            backbone = CNNConfig(arch="modern", widths=config.cls_filters, blocks=config.cls_blocks, pool=config.cls_pool,
-                                 rnn=config.cls_rnn, dense=config.cls_dense, dropout=config.dropout,
-                                 dense_dropout=config.dropout)
-            self.features = feature_layers(backbone)
-        self.head = TaskHead(self.task, seed=seed + 152, name="head")
+        with policy_scope(self.dtype_policy):  # the grid and the sampling stay float32 (`call`)
+            self.localisation = LocalisationNetwork(config.loc_filters, config.loc_kernel,
+                                                    config.loc_dense, config.init, config.zoom,
+                                                    seed=seed, name="localisation")
+            if config.classifier == "convnet":
+                self.features = [ConvFeatures(config.cls_filters, config.cls_kernel, config.cls_dense,
+                                              config.dropout, seed=seed, name="classifier")]
+            else:
+                backbone = CNNConfig(arch="modern", widths=config.cls_filters, blocks=config.cls_blocks,
+                                     pool=config.cls_pool, rnn=config.cls_rnn, dense=config.cls_dense,
+                                     dropout=config.dropout, dense_dropout=config.dropout)
+                self.features = feature_layers(backbone)
+        self.head = TaskHead(self.task, seed=seed + 152, name="head")  # float32
 
     @classmethod
     def makes_frames(cls, config) -> bool:

@@ -327,13 +327,14 @@ class TaskHead(layers.Layer):
     """
 
     def __init__(self, task: Task, seed: int | None = None, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # float32 logits under a mixed model too: the losses read them
         super().__init__(**kwargs)
         self.task, self.seed = task, seed
         self.shapes = task.head_shapes()
         for i, (name, shape) in enumerate(self.shapes.items()):
             kernel = "glorot_uniform" if seed is None else keras.initializers.GlorotUniform(seed=seed + i)
             units = shape[-1] if shape[0] is None else int(np.prod(shape))
-            setattr(self, f"fc_{name}", layers.Dense(units, kernel_initializer=kernel, name=name))
+            setattr(self, f"fc_{name}", layers.Dense(units, kernel_initializer=kernel, name=name, dtype=self.dtype_policy))
 
     def build(self, features_shape):
         per_frame = any(shape[0] is None for shape in self.shapes.values())

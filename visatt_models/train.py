@@ -85,6 +85,7 @@ def make_run_spec(store, model: str = "cnn", *, preset: str | None = None, overr
     try:
         spec.model_cls.check_task(task, config)
         spec.model_cls.check_input(task, config, train.crop or info.image_shape)
+        spec.model_cls.check_precision(train.precision)
     except ValueError as e:
         raise RunError(f"{model} on {info.path}: {e}") from None
     return RunSpec(model, preset, cfg.config_to_dict(config), task_to_dict(task), train, info.location,
