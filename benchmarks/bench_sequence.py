@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/bench_sequence.py                        # TensorFlow, all stores
     KERAS_BACKEND=jax .venv/bin/python benchmarks/bench_sequence.py --cost --stores
     .venv/bin/python benchmarks/bench_sequence.py --stores mnist-pairs --models cnn:modern-seq dram:visatt-small
+    .venv/bin/python benchmarks/bench_sequence.py --stores mnist-sequences --models cnn:modern-seq-ctc \
+        "cnn:modern-seq-ctc:widths=32,64,128,256;rnn=256" --precision float32 mixed_bfloat16
 
 Throughput: each model (`name:preset`, the registry's) trains with Adam via `train_on_batch` on
 random uint8 images of a store's input size with 1-5 digit labels (the sequence task, 5
@@ -28,6 +30,7 @@ import keras
 import numpy as np
 
 from visatt_models import registry
+from visatt_models.config import PRECISIONS
 from visatt_models.tasks import BLANK, SequenceTask
 
 STORES = {"mnist-sequences": 64, "mnist-pairs": 100, "svhn": 32, "svhn-64": 54}
@@ -36,13 +39,16 @@ PAPER = "DRAM paper, Table 5 (54x54): 10-layer CNN 2.1 GFLOPs / 51M params; sing
         "forward-backward DRAM with MC 0.7 GFLOPs / 28M"
 
 
-def build(name_preset: str):
-    """The model `name:preset` on the sequence task, with the ctc head if the model makes frames."""
-    name, _, preset = name_preset.partition(":")
+def build(name_preset: str, precision: str = "float32"):
+    """The model `name:preset` on the sequence task, with the ctc head if the model makes frames;
+    `name:preset:key=value,key=value` sets config fields too (e.g. `cnn:modern-seq-ctc:rnn=256`)."""
+    name, _, rest = name_preset.partition(":")
+    preset, _, overrides = rest.partition(":")
     spec = registry.get_model_spec(name)
     keras.utils.set_random_seed(0)
-    config = registry.make_config(spec, preset=preset or None)
-    return spec.model_cls(config, SequenceTask(head="ctc" if spec.model_cls.makes_frames(config) else "independent"))
+    config = registry.make_config(spec, preset=preset or None, overrides=overrides.split(";") if overrides else ())
+    task = SequenceTask(head="ctc" if spec.model_cls.makes_frames(config) else "independent")
+    return spec.model_cls(config, task, dtype=precision)
 
 
 def batch(batch_size: int, size: int, seed: int = 0):
@@ -96,6 +102,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", nargs="+", default=["float32"], choices=list(PRECISIONS),
+                        help="train each model under each of these dtype policies (mixed_bfloat16: cnn and stn)")
     parser.add_argument("--cost", action="store_true", help="parameters and FLOPs per image at 64x64 (JAX)")
     args = parser.parse_args(argv)
 
@@ -105,15 +113,18 @@ def main(argv=None):
         images, labels = batch(args.batch_size, size)
         base = None
         for name in args.models:
-            model = build(name)
-            try:
-                model.check_input(model.task, model.config, (size, size, 1))
-            except ValueError as e:
-                print(f"{store:16s} {size}x{size}  {name:20s} skipped: {e}")
-                continue
-            _, rate = throughput(model, images, labels, args.warmup, args.steps, args.repeats)
-            base = base or rate
-            print(f"{store:16s} {size}x{size}  {name:20s} {rate:8.1f} images/s  {rate / base:5.2f}x {args.models[0]}")
+            for precision in args.precision:
+                label = name if len(args.precision) == 1 else f"{name} {precision}"
+                try:
+                    model = build(name, precision)
+                    model.check_input(model.task, model.config, (size, size, 1))
+                except ValueError as e:
+                    print(f"{store:16s} {size}x{size}  {label:20s} skipped: {e}")
+                    continue
+                _, rate = throughput(model, images, labels, args.warmup, args.steps, args.repeats)
+                base = base or rate
+                first = args.models[0] if len(args.precision) == 1 else f"{args.models[0]} {args.precision[0]}"
+                print(f"{store:16s} {size}x{size}  {label:20s} {rate:8.1f} images/s  {rate / base:5.2f}x {first}")
     if args.cost:
         if keras.backend.backend() != "jax":
             raise SystemExit("--cost needs KERAS_BACKEND=jax (XLA's cost analysis)")

@@ -118,3 +118,21 @@ def test_a_mixed_run_trains_records_its_precision_and_evaluates_mixed(store, tmp
     assert json.loads((out / "metrics.json").read_text())["epochs_completed"] == 2
     bad = run(train_main, ["--store", store, "--out", tmp_path / "ram", "--model", "ram", "--precision", MIXED], ok=False)
     assert bad.exit_code == 1 and "trains in float32 only" in bad.output and not (tmp_path / "ram").exists()
+
+
+def test_bench_sequence_times_each_model_under_each_precision():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, root / "benchmarks" / "bench_sequence.py", "--stores", "mnist-sequences",
+                           "--models", "cnn:modern-seq-ctc:widths=4,8,8,8;rnn=8", "--precision", "float32",
+                           MIXED, "--batch-size", "4", "--warmup", "1", "--steps", "1", "--repeats", "1"],
+                          capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("mnist-sequences")]
+    assert len(lines) == 2, done.stdout
+    assert re.search(r"cnn:modern-seq-ctc:widths=4,8,8,8;rnn=8 float32 +[0-9.]+ images/s +1\.00x", lines[0])
+    assert re.search(rf"cnn:\S+ {MIXED} +[0-9.]+ images/s +[0-9.]+x cnn:\S+ float32$", lines[1])
