@@ -73,7 +73,8 @@ def resolve(location) -> Path | str:
         name, version, source = ref
         raise StoreError(
             f"{name} {version} ({source}) is not in the cache ({cache_dir()}): `visatt-data get {name}@{version} "
-            f"--from LOCATION` copies a shared one, `visatt-data build {name} --out PATH` builds it"
+            f"--from LOCATION` copies a shared one; or `visatt-data build {name} --out PATH` builds one to pass as PATH "
+            f"(then `visatt-data get {name}@{version} --from PATH` caches it)"
         )
     return cached
 

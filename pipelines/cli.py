@@ -160,8 +160,9 @@ def fetch(dataset, from_dir, mirrors, extra, retries):
 @click.option("--extra/--no-extra", default=None, help="svhn: fold SVHN's extra split into train.")
 @click.option("--seed", type=click.IntRange(0), help="Dataset seed (default 0).")
 @click.option("--limit", type=click.IntRange(1),
-              help="Cap each split at N samples (svhn: read only the first N entries of each source "
-                   "split); quick runs, never a frozen version.")
+              help="Cap each split at N samples (svhn: read only the first N entries of each source split, so "
+                   "that train holds up to N of train's, less val's, and N of extra's with --extra); quick runs, never "
+                   "a frozen version.")
 @click.option("--workers", type=click.IntRange(1), help="Workers of the local pool (default: CPU count).")
 @click.option("--scheduler", metavar="ADDRESS",
               help="'processes' (the default with more than one worker: forked on Linux; elsewhere only for "
@@ -186,7 +187,12 @@ def build(name, out, source, source_dir, limit, workers, scheduler, overwrite, u
         name, out, source=source, source_dir=source_dir, limit=limit, workers=workers, scheduler=local_scheduler(scheduler, workers, name),
         overwrite=overwrite, progress=not quiet, update_lock=update_lock, lock_path=lock_path, fork=True, **options,
     )
-    click.echo(format_info(store_info(out)))
+    info = store_info(out)
+    click.echo(format_info(info))
+    empty = [split for split, entry in info["splits"].items() if entry["samples"] == 0]
+    if empty:  # a small --limit times --val-fraction rounds to 0
+        click.echo(f"note: no {' or '.join(empty)} samples: visatt-train needs train and val (raise --limit or "
+                   "--val-fraction)", err=True)
 
 
 LOCATION_HELP = (

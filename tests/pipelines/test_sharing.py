@@ -124,6 +124,7 @@ def test_get_refuses_another_dataset_or_an_unlocked_version_and_leaves_nothing(u
     assert unknown.exit_code == 1 and "not a frozen version" in unknown.output
     missing = cli("verify", f"{NAME}:sample", ok=False)
     assert missing.exit_code == 1 and "is not in the cache" in missing.output and "visatt-data get" in missing.output
+    assert "builds one to pass as PATH (then `visatt-data get" in missing.output
     assert not (home / "stores").exists() or not any((home / "stores").iterdir())
 
 

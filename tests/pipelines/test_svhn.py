@@ -330,7 +330,14 @@ def test_cli_builds_the_real_sample_with_limit(tmp_path, empty_lock, svhn_sample
     assert attrs["sources"]["test/digitStruct.mat"] == svhn._sha256_file(svhn_sample / "test" / "digitStruct.mat")
     assert root["test"]["labels"][:].tolist() == [[5, 10, 10, 10, 10], [2, 1, 0, 10, 10], [6, 10, 10, 10, 10]]
     assert root["train"]["images"].shape == (3, 32, 32, 1)
+    assert "note: no val samples: visatt-train needs train and val" in result.output  # 10% of 3 rounds to 0
     assert _cli("verify", out).exit_code == 0
+    extra = tmp_path / "extra.zarr"  # --limit reads 3 of each source split: extra's follow train's
+    result = _cli("build", "svhn", "--from", svhn_sample, "--limit", 3, "--extra", "--out", extra, "--quiet")
+    assert result.exit_code == 0, result.output
+    train = open_root(extra)["train"]["labels"][:].tolist()
+    assert train[:3] == root["train"]["labels"][:].tolist()
+    assert train[3:] == [[4, 7, 8, 10, 10], [7, 1, 10, 10, 10], [1, 7, 4, 10, 10]]  # extra 1-3.png
     result = _cli("build", "svhn", "--from", svhn_sample, "--out", tmp_path / "all.zarr", "--quiet")
     assert result.exit_code == 1
     assert "4.png: image listed in digitStruct.mat is missing" in result.output
