@@ -162,10 +162,10 @@ def get(ref: str, location, *, lock_path=None, overwrite: bool = False, progress
                 arrays[key] = zarr.open_array(store=root.store, path=key, mode="r", zarr_format=3)
         except Exception as e:
             raise StoreError(f"{location}: {key} is missing or unreadable ({store.first_line(e)})") from None
-    total = sum(a.shape[0] for a in arrays.values())
+    total = sum(a.nbytes for a in arrays.values())  # bytes of every array, uncompressed
     with store.atomic_store(target, overwrite=True) as partial:
         out = zarr.open_group(store=str(partial), mode="w", zarr_format=3)
-        with tqdm(total=total, unit="sample", desc=f"get {name}", disable=not progress, leave=False) as bar:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"get {name}", disable=not progress, leave=False) as bar:
             for key, src in arrays.items():
                 dst = out.create_array(key, shape=src.shape, chunks=src.chunks, dtype=src.dtype,
                                        compressors=store.COMPRESSOR, fill_value=src.fill_value,
@@ -178,7 +178,7 @@ def get(ref: str, location, *, lock_path=None, overwrite: bool = False, progress
                         raise StoreError(f"{location}: {key} is unreadable ({store.first_line(e)})") from None
                     dst[start : start + len(block)] = block
                     blocks.append(store.block_digest(block))
-                    bar.update(len(block))
+                    bar.update(block.nbytes)
                 digest = store.combine_digests(src.shape, src.dtype, blocks)
                 if compare({key: entry["digests"][key]}, {key: digest}):
                     raise StoreError(f"{location}: {key} differs from {name} {version} ({source}) in {lock.path}; "
