@@ -41,7 +41,7 @@ PAPER = "DRAM paper, Table 5 (54x54): 10-layer CNN 2.1 GFLOPs / 51M params; sing
 
 def build(name_preset: str, precision: str = "float32"):
     """The model `name:preset` on the sequence task, with the ctc head if the model makes frames;
-    `name:preset:key=value,key=value` sets config fields too (e.g. `cnn:modern-seq-ctc:rnn=256`)."""
+    `name:preset:key=value;key=value` sets config fields too (e.g. `cnn:modern-seq-ctc:widths=32,64,128,256;rnn=256`)."""
     name, _, rest = name_preset.partition(":")
     preset, _, overrides = rest.partition(":")
     spec = registry.get_model_spec(name)
@@ -97,7 +97,8 @@ def cost(model, size: int) -> tuple[int, float]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stores", nargs="*", default=list(STORES), choices=list(STORES))
-    parser.add_argument("--models", nargs="+", default=MODELS, help="name:preset from the registry")
+    parser.add_argument("--models", nargs="+", default=MODELS,
+                        help="name:preset from the registry, optionally :key=value;key=value config fields")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)

@@ -177,8 +177,8 @@ class CropType(click.ParamType):
                    "seed, epoch and sample (with --rotate: slanted, then turned). 0: none.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=_DEFAULTS.precision, show_default=True,
               help="cnn and stn: mixed_bfloat16 computes in bfloat16 on float32 weights (the heads' logits and STN's "
-                   "sampling grid stay float32): 1.5x the training images/s of the ctc CNN on a CPU with AMX, and "
-                   "faster on GPUs. The run records it; evaluation and prediction use it too.")
+                   "sampling grid stay float32), faster where bfloat16 is (CPUs with AMX: docs/models.md). The run "
+                   "records it; evaluation and prediction use it too.")
 @click.option("--memory-limit-mb", type=click.IntRange(1), default=_DEFAULTS.memory_limit // 2**20, show_default=True, help="Splits larger than this are streamed by chunks.")
 @click.option("--time-limit", "time_limit_min", type=Finite(0, min_open=True), default=None,
               help="Stop after the last epoch expected to end within this many minutes, test the best checkpoint, "

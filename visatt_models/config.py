@@ -63,9 +63,8 @@ class TrainConfig:
         about its centre, per (seed, epoch, sample index), after repositioning or permuting and
         before cropping and shifting (`pipelines.batches`); 0: none.
     precision: the Keras dtype policy of the model: "float32", or "mixed_bfloat16" (bfloat16
-        compute on float32 weights, the heads' logits in float32; `base.VisattModel`): 1.5x the
-        training images/s of the ctc CNN on an AMX CPU (`benchmarks/bench_sequence.py
-        --precision`), for cnn and stn.
+        compute on float32 weights, the heads' logits in float32; `base.VisattModel`), for cnn
+        and stn (`benchmarks/bench_sequence.py --precision` times both).
     schedule: the learning rate per optimizer step (`train.make_schedule`):
         constant  `lr` throughout;
         cosine    linear warm-up from 0 over `warmup_epochs`, then a cosine from `lr` down to
@@ -129,7 +128,7 @@ class TrainConfig:
         for name in ("clipnorm", "global_clipnorm"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
-        if not 0 <= self.momentum <= 1:
+        if self.optimizer == "sgd" and not 0 <= self.momentum <= 1:  # Keras' SGD refuses it; adam ignores it
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
         if not 0 <= self.weight_decay < 1:
             raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay}")

@@ -42,16 +42,20 @@ def layer_policies(model) -> dict[str, set[str]]:
 @pytest.mark.parametrize("name, preset, task", [
     ("cnn", "modern-seq-ctc", SequenceTask(head="ctc")),
     ("cnn", "modern-seq", SequenceTask(head="length")),
+    ("cnn", "seed", DigitTask()),
     ("stn", "st-cnn-ctc", SequenceTask(head="ctc")),
+    ("stn", None, DigitTask()),  # the "convnet" classifier
 ])
 def test_a_mixed_model_computes_in_bfloat16_with_float32_weights_and_heads(name, preset, task):
     model = build(name, preset, task, MIXED)
     outputs = model(images())
     assert keras.config.dtype_policy().name == "float32"  # the scope is left as it was
     policies = layer_policies(model)
-    assert policies["float32"] <= {"TaskHead", "Dense"}, policies  # the heads (and STN's theta layer)
-    assert {"Conv2D", "BatchNormalization", "BasicBlock"} <= policies[MIXED]  # incl. the blocks' lazily built shortcuts
-    assert {"LSTM", "Bidirectional"} <= policies[MIXED] or preset == "modern-seq"
+    head = model.classifier if name == "cnn" else model.head
+    float32 = {layer.name for layer in model._flatten_layers(include_self=False) if layer.dtype_policy.name == "float32"}
+    assert float32 == {head.name, *task.head_shapes()} | ({"loc_affine"} if name == "stn" else set())
+    assert {"Conv2D", "Dense" if preset in ("seed", None) else "BasicBlock"} <= policies[MIXED]
+    assert {"LSTM", "Bidirectional"} <= policies[MIXED] or "ctc" not in str(preset)
     assert all(v.dtype == "float32" for v in model.weights if "seed_generator" not in v.path)
     for head in task.head_shapes():
         assert keras.backend.standardize_dtype(outputs[head].dtype) == "float32"
@@ -83,6 +87,19 @@ def test_a_saved_mixed_model_reloads_mixed_with_identical_outputs(tmp_path):
     after = again(x)
     for key in ("ctc_logits", "theta", "transformed"):
         np.testing.assert_array_equal(np.asarray(after[key]), np.asarray(before[key]))
+    older = {k: v for k, v in again.get_config().items() if k != "dtype"}  # saved before the field existed
+    assert set(layer_policies(type(again).from_config(older))) == {"float32"}
+
+
+def test_the_scope_is_left_on_errors_and_a_global_mixed_policy_is_refused_by_ram():
+    from visatt_models.base import policy_scope
+    from visatt_models.ram import RAM
+
+    with pytest.raises(ValueError, match="RAM trains in float32 only"):
+        with policy_scope(MIXED):
+            assert keras.config.dtype_policy().name == MIXED
+            RAM()
+    assert keras.config.dtype_policy().name == "float32"
 
 
 def test_ram_and_dram_refuse_mixed_precision_and_config_checks_the_name():
