@@ -23,7 +23,7 @@ What the base does, once for every model:
   random numbers as the original would have.
 
 Precision: a model takes Keras' `dtype` ("float32", or "mixed_bfloat16": bfloat16 compute on
-float32 weights; a 3x3 convolution runs 3-7x faster so on a CPU with AMX). Its layers are made
+float32 weights, faster where bfloat16 is native: CPUs with AMX, docs/models.md). Its layers are made
 under `policy_scope(dtype)`, the task's heads stay float32 (the losses and decoding read float32
 logits), and `get_config` records it. Only models with `mixed_precision = True` take a mixed
 policy (RAM and DRAM sample locations, whose log-probabilities bfloat16's 8-bit mantissa would
