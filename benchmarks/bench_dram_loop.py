@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import keras
 
-from bench_sequence import STORES, batch, throughput
+from bench_sequence import STORES, batch, timed_rate, warm_up
 from visatt_models import registry
 from visatt_models.tasks import SequenceTask
 
@@ -33,7 +34,11 @@ def measure(preset: str, size: int, emissions: int, loop: str, batch_size: int, 
     keras.utils.set_random_seed(0)
     config = registry.make_config(spec, preset=preset, emissions=emissions, emission_loop=loop)
     images, labels = batch(batch_size, size)
-    return throughput(spec.model_cls(config, SequenceTask()), images, labels, 1, steps, repeats)
+    model = spec.model_cls(config, SequenceTask())
+    start = time.perf_counter()
+    warm_up(model, images, labels, 1)
+    first = time.perf_counter() - start
+    return first, statistics.median(timed_rate(model, images, labels, steps) for _ in range(repeats))
 
 
 def main(argv=None):

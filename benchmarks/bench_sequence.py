@@ -10,8 +10,9 @@ Throughput: each model (`name:preset`, the registry's) trains with Adam via `tra
 random uint8 images of a store's input size with 1-5 digit labels (the sequence task, 5
 positions; the `ctc` head for a model that makes frames, `pool=columns`, which needs 33 pixels
 and so skips svhn's 32x32); `--warmup` steps (tracing, compilation) are not timed, then the median of
-`--repeats` timed runs of `--steps` steps is reported in images/s and as a ratio to the first
-model of the list, run in the same process (this machine is shared and noisy: compare ratios).
+`--repeats` timed runs of `--steps` steps is reported in images/s (with the range of the runs)
+and as a ratio to the first model of the list, run in the same process, the models taking turns
+in each round (this machine is shared and noisy: compare ratios).
 Inputs: mnist-sequences 64x64, mnist-pairs 100x100, svhn 32x32, svhn-64 54x54 (the training crop).
 
 Cost (`--cost`, JAX only): parameters and FLOPs of one inference pass per image on 64x64 input
@@ -60,21 +61,33 @@ def batch(batch_size: int, size: int, seed: int = 0):
     return images, labels
 
 
-def throughput(model, images, labels, warmup: int, steps: int, repeats: int) -> tuple[float, float]:
-    """(seconds of the `warmup` steps, which trace and compile; median images/s of the timed runs)."""
+def warm_up(model, images, labels, warmup: int) -> None:
+    """Compile with Adam and run `warmup` steps (tracing, compilation): not timed."""
     model.compile(optimizer=keras.optimizers.Adam(1e-4))
-    start = time.perf_counter()
     for _ in range(warmup):
         model.train_on_batch(images, labels)
-    warm = time.perf_counter() - start
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            logs = model.train_on_batch(images, labels, return_dict=True)
-        float(logs["loss"])  # the last step has finished
-        rates.append(steps * len(images) / (time.perf_counter() - start))
-    return warm, statistics.median(rates)
+
+
+def timed_rate(model, images, labels, steps: int) -> float:
+    """Images/s of `steps` training steps."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        logs = model.train_on_batch(images, labels, return_dict=True)
+    float(logs["loss"])  # the last step has finished
+    return steps * len(images) / (time.perf_counter() - start)
+
+
+def throughput(models: dict, images, labels, steps: int, repeats: int) -> dict[str, list[float]]:
+    """Images/s of each warmed-up model over `repeats` rounds of `steps` steps, the models taking
+    turns within each round, so that a slow spell of this shared machine hits them all alike. A
+    first round is not counted: a model's first steps after another model's are slow (TensorFlow)."""
+    rates = {label: [] for label in models}
+    for round_ in range(repeats + 1):
+        for label, model in models.items():
+            rate = timed_rate(model, images, labels, steps)
+            if round_:
+                rates[label].append(rate)
+    return rates
 
 
 def cost(model, size: int) -> tuple[int, float]:
@@ -112,7 +125,7 @@ def main(argv=None):
     for store in args.stores:
         size = STORES[store]
         images, labels = batch(args.batch_size, size)
-        base = None
+        models = {}
         for name in args.models:
             for precision in args.precision:
                 label = name if len(args.precision) == 1 else f"{name} {precision}"
@@ -122,10 +135,14 @@ def main(argv=None):
                 except ValueError as e:
                     print(f"{store:16s} {size}x{size}  {label:20s} skipped: {e}")
                     continue
-                _, rate = throughput(model, images, labels, args.warmup, args.steps, args.repeats)
-                base = base or rate
-                first = args.models[0] if len(args.precision) == 1 else f"{args.models[0]} {args.precision[0]}"
-                print(f"{store:16s} {size}x{size}  {label:20s} {rate:8.1f} images/s  {rate / base:5.2f}x {first}")
+                warm_up(model, images, labels, args.warmup)
+                models[label] = model
+        rates = throughput(models, images, labels, args.steps, args.repeats)
+        base = statistics.median(next(iter(rates.values()))) if rates else None
+        for label, values in rates.items():
+            rate = statistics.median(values)
+            print(f"{store:16s} {size}x{size}  {label:20s} {rate:8.1f} images/s  {rate / base:5.2f}x {next(iter(rates))}"
+                  f"  (runs {min(values):.0f}-{max(values):.0f})")
     if args.cost:
         if keras.backend.backend() != "jax":
             raise SystemExit("--cost needs KERAS_BACKEND=jax (XLA's cost analysis)")

@@ -152,4 +152,4 @@ def test_bench_sequence_times_each_model_under_each_precision():
     lines = [line for line in done.stdout.splitlines() if line.startswith("mnist-sequences")]
     assert len(lines) == 2, done.stdout
     assert re.search(r"cnn:modern-seq-ctc:widths=4,8,8,8;rnn=8 float32 +[0-9.]+ images/s +1\.00x", lines[0])
-    assert re.search(rf"cnn:\S+ {MIXED} +[0-9.]+ images/s +[0-9.]+x cnn:\S+ float32$", lines[1])
+    assert re.search(rf"cnn:\S+ {MIXED} +[0-9.]+ images/s +[0-9.]+x cnn:\S+ float32  \(runs [0-9]+-[0-9]+\)$", lines[1])
