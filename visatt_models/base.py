@@ -44,7 +44,6 @@ import keras
 from keras import ops
 
 from visatt_models import config as cfg
-from visatt_models.config import PRECISIONS
 from visatt_models.tasks import DigitTask, Task, task_from_dict, task_to_dict
 
 _SEED_KEY = "seed_state_"
@@ -91,9 +90,8 @@ class VisattModel(keras.Model):
 
     @classmethod
     def check_precision(cls, policy: str) -> None:
-        """Raise ValueError unless the model can train under the dtype policy named `policy`."""
-        if policy not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {policy!r}")
+        """Raise ValueError unless the model can train under `policy`, one of `config.PRECISIONS`
+        (which `TrainConfig` checks)."""
         if policy != "float32" and not cls.mixed_precision:
             raise ValueError(cls._float32_only(policy))
 
