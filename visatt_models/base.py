@@ -74,9 +74,7 @@ class VisattModel(keras.Model):
 
     def __init__(self, config=None, task: Task | None = None, **kwargs):
         super().__init__(**kwargs)
-        policy = self.dtype_policy
-        if policy.compute_dtype != policy.variable_dtype and not self.mixed_precision:
-            raise ValueError(self._float32_only(policy.name))
+        self.check_precision(self.dtype_policy)
         self.config = config if config is not None else self.config_cls()
         if not isinstance(self.config, self.config_cls):
             raise TypeError(f"{type(self).__name__} takes a {self.config_cls.__name__}, got {type(self.config).__name__}")
@@ -89,16 +87,13 @@ class VisattModel(keras.Model):
         """Raise ValueError when the model (with `config`) cannot serve `task` (any, unless overridden)."""
 
     @classmethod
-    def check_precision(cls, policy: str) -> None:
-        """Raise ValueError unless the model can train under `policy`, one of `config.PRECISIONS`
-        (which `TrainConfig` checks)."""
-        if policy != "float32" and not cls.mixed_precision:
-            raise ValueError(cls._float32_only(policy))
-
-    @classmethod
-    def _float32_only(cls, policy: str) -> str:
-        return (f"{cls.__name__} trains in float32 only (its sampled locations' log-probabilities need float32); "
-                f"{policy} is for cnn and stn")
+    def check_precision(cls, policy) -> None:
+        """Raise ValueError when `policy` (a Keras dtype policy or its name) is a mixed one and the
+        model takes none (a whole-precision policy, e.g. a user's global float64, passes)."""
+        policy = keras.dtype_policies.get(policy)
+        if policy.compute_dtype != policy.variable_dtype and not cls.mixed_precision:
+            raise ValueError(f"{cls.__name__} trains in float32 only (its sampled locations' log-probabilities need "
+                             f"float32); {policy.name} is for cnn and stn")
 
     @classmethod
     def makes_frames(cls, config) -> bool:
