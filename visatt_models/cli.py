@@ -11,6 +11,7 @@ Every option is documented in docs/models.md.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -75,7 +76,12 @@ def _quiet_native_startup():
 
 def _import_training():
     with _quiet_native_startup():
-        import keras  # noqa: F401  (the backend's import is what prints)
+        import keras  # (the backend's import is what prints)
+
+        if keras.backend.backend() != "tensorflow" and importlib.util.find_spec("tensorflow"):
+            # keras.utils.set_random_seed (training, prediction) seeds TensorFlow whenever it is
+            # installed, importing it after this context under the JAX backend
+            import tensorflow  # noqa: F401
 
         from visatt_models import train as training
     return training

@@ -157,12 +157,13 @@ def test_resume_mid_schedule_gives_the_learning_rates_of_an_uninterrupted_run(st
     assert load_run_spec(killed).train.global_clipnorm == 1.0
 
 
-@pytest.mark.single_backend  # TensorFlow's start-up chatter
-def test_the_command_prints_a_line_per_epoch_to_a_pipe_and_keeps_tensorflow_start_up_logs_out(store, tmp_path):
+@pytest.mark.single_backend  # TensorFlow's start-up chatter; the backend is the subprocess's
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])  # under JAX, seeding imports TensorFlow when installed
+def test_the_command_prints_a_line_per_epoch_to_a_pipe_and_keeps_tensorflow_start_up_logs_out(store, tmp_path, backend):
     quiet = [a for a in CNN if a not in ("--verbose", "0")]
     cmd = [sys.executable, "-c", "from visatt_models.cli import train_main; train_main()",
            *map(str, ["--store", store, "--out", tmp_path / "r", "--epochs", 2, "--limit", 48, "--no-plots", *quiet])]
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"} | {"KERAS_BACKEND": backend}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Epoch 1/2" in done.stdout and "Epoch 2/2" in done.stdout and "\r" not in done.stdout  # not a progress bar
