@@ -277,12 +277,17 @@ def list_cmd(lock_path):
 def diff(name, first, second, lock_path):
     """Show what differs between two locked versions (or sources) of NAME: recipe, sources, arrays.
 
+    Exit 0 when the two entries are identical, 1 when anything differs (as diff(1) does).
+
     \b
     Example: visatt-data diff mnist-cluttered 1.0.0 1.0.0:sample
     """
     lock = Lock(lock_path)
-    for line in diff_entries(lock, name, first, second):
+    lines = diff_entries(lock, name, first, second)
+    for line in lines:
         click.echo(line)
+    if not lines[1].startswith("  identical"):
+        raise click.exceptions.Exit(1)
 
 
 def diff_entries(lock: Lock, name: str, first: str, second: str) -> list[str]:
@@ -369,12 +374,15 @@ def lock(names, sources_, workers, lock_path):
     """
     _terminate_cleanly()
     for name in names:
+        version = get_dataset(name).version
         for source in sources_ or get_dataset(name).family.sources:
+            known = Lock(lock_path).entry(name, version, source) is not None
             with tempfile.TemporaryDirectory(prefix="visatt-lock-") as tmp:
                 build_dataset(name, Path(tmp) / "store.zarr", source=source, workers=workers,
                               scheduler=local_scheduler(None, workers, name), update_lock=True, lock_path=lock_path,
                               fork=True)
-            click.echo(f"locked {name} {get_dataset(name).version} ({source})")
+            click.echo(f"{'confirmed' if known else 'locked'} {name} {version} ({source})"
+                       + (": the rebuild matches the lock" if known else ""))
 
 
 if __name__ == "__main__":

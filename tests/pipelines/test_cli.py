@@ -48,8 +48,10 @@ def test_missing_sources_error_is_one_line_and_says_how(run, tmp_path):
 
 
 def test_lock_then_build_is_frozen_and_verify_uses_the_lock(run, tmp_path, empty_lock):
-    run("lock", "mnist-cluttered-60", "--source", "sample")
+    assert run("lock", "mnist-cluttered-60", "--source", "sample").stdout == "locked mnist-cluttered-60 1.0.0 (sample)\n"
     assert "locked 1.0.0 (sample)" in run("list").output
+    again = run("lock", "mnist-cluttered-60", "--source", "sample").stdout
+    assert again == "confirmed mnist-cluttered-60 1.0.0 (sample): the rebuild matches the lock\n"
     out = tmp_path / "s.zarr"
     assert "1.0.0 (frozen)" in run("build", "mnist-cluttered-60", "--source", "sample", "--out", out, "--quiet").output
     assert "matches mnist-cluttered-60 1.0.0 (sample)" in run("verify", out).output

@@ -167,8 +167,11 @@ def test_a_build_without_a_lock_file_says_so(tmp_path):
 def test_list_shows_release_notes_and_diff_names_what_differs(tmp_path):
     listed = cli("list").output
     assert f"{NAME} 1.0.0:" in listed and "1.0.0: First release." in listed
-    same = cli("diff", NAME, "1.0.0:mnist", "1.0.0:sample").output
-    assert "recipe source: 'mnist' -> 'sample'" in same and "split train:" in same and "differ" in same
+    sources = cli("diff", NAME, "1.0.0:mnist", "1.0.0:sample", ok=False)
+    assert sources.exit_code == 1  # they differ, as diff(1) says
+    assert "recipe source: 'mnist' -> 'sample'" in sources.output and "split train:" in sources.output
+    same = cli("diff", NAME, "1.0.0:sample", "1.0.0:sample").output.splitlines()
+    assert same[1] == "  identical: same recipe, sources and bytes" and same[2].startswith("  arrays: 0 differ")
     lock = Lock()
     entry = json.loads(json.dumps(lock.entry(NAME, "1.0.0", "sample")))
     changed = json.loads(json.dumps(entry))
@@ -176,7 +179,7 @@ def test_list_shows_release_notes_and_diff_names_what_differs(tmp_path):
     changed["digests"]["train/images"] = "sha256:" + "1" * 64
     two = tmp_path / "two.lock"
     two.write_text(json.dumps({"format": 1, "datasets": {NAME: {"1.0.0": {"sample": entry}, "2.0.0": {"sample": changed}}}}))
-    diff = cli("diff", NAME, "1.0.0:sample", "2.0.0:sample", "--lock", two).output.splitlines()
+    diff = cli("diff", NAME, "1.0.0:sample", "2.0.0:sample", "--lock", two, ok=False).output.splitlines()
     assert diff[0] == f"{NAME} 1.0.0:sample -> 2.0.0:sample"
     assert "  recipe clutter_count: 4 -> 6" in diff
     assert any(line.startswith("  arrays: 1 differ (train/images)") for line in diff)
