@@ -29,6 +29,7 @@ from visatt_models.config import HEADS, PRECISIONS, ConfigError, TrainConfig  # 
 from visatt_models.registry import MODEL_NAMES, presets_help
 
 _DEFAULTS = TrainConfig()
+EMPTY_READING = "-"  # visatt-predict's line for a sequence model that reads no digit ("" in --json)
 
 
 def _given(ctx: click.Context, names) -> dict:
@@ -281,6 +282,8 @@ def eval_main(run_dir, store, mc_samples, limit, batch_size, force, backward, no
 def predict_main(run_dir, images, mc_samples, checkpoint, as_json):
     """Print the label (or number) a trained run predicts for each image file.
 
+    One line per image, IMAGE<TAB>PREDICTION; a sequence model that reads no digit prints '-'.
+
     Each image is converted as the run's store was made: grayscale (RGB for a colour store),
     resized to the store's size, centre-cropped when the run trained on crops.
     """
@@ -296,4 +299,4 @@ def predict_main(run_dir, images, mc_samples, checkpoint, as_json):
         click.echo(json.dumps(dict(zip(images, predicted)), indent=2))
     else:
         for image, number in zip(images, predicted):
-            click.echo(f"{image}\t{number}")
+            click.echo(f"{image}\t{number or EMPTY_READING}")

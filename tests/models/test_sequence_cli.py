@@ -3,6 +3,7 @@ an mnist-sequences store from the embedded sample and SVHN from the real format-
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -67,7 +68,7 @@ def test_predict_on_image_files_equals_the_evaluation_path(seq_run, store, tmp_p
     expected = [model.task.format(p) for p in predictions(model, crop_images(images, (36, 36)))]
     assert predict(seq_run, paths) == expected == predict(seq_run, images)
     printed = run(predict_main, ["--run", seq_run, *paths]).output.splitlines()
-    assert printed == [f"{p}\t{n}" for p, n in zip(paths, expected)]
+    assert printed == [f"{p}\t{n or '-'}" for p, n in zip(paths, expected)]
     assert json.loads(run(predict_main, ["--run", seq_run, "--json", paths[0]]).output) == {str(paths[0]): expected[0]}
     # An RGB file of another size is converted and resized as the store's images were.
     Image.fromarray(np.repeat(images[0], 3, axis=-1)).resize((80, 80), Image.Resampling.BILINEAR).save(tmp_path / "big.png")
@@ -79,6 +80,21 @@ def test_predict_on_image_files_equals_the_evaluation_path(seq_run, store, tmp_p
     assert len(refused.output.strip().splitlines()) == 1
     refused = run(predict_main, ["--run", seq_run, tmp_path / "missing.png"], ok=False)
     assert refused.exit_code == 1 and "missing.png: unreadable image (FileNotFoundError" in refused.output
+
+
+def test_predict_prints_a_dash_for_a_number_with_no_digit(seq_run, tmp_path):
+    """Length 0 is a reading the Goodfellow head can give: a line must still say so."""
+    blank = shutil.copytree(seq_run, tmp_path / "blank")
+    model = load_run(blank)
+    length = model.classifier.fc_length_logits  # (F, 7) for lengths 0..5 and ">5": make 0 win for every image
+    length.set_weights([np.zeros_like(length.kernel), np.eye(7, dtype="float32")[0] * 100])
+    best = json.loads((blank / "state.json").read_text())["best_checkpoint"]
+    model.save_weights(blank / best)
+    image = tmp_path / "0.png"
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(image)
+    assert predict(blank, [image]) == [""]
+    assert run(predict_main, ["--run", blank, image]).output == f"{image}\t-\n"
+    assert json.loads(run(predict_main, ["--run", blank, "--json", image]).output) == {str(image): ""}
 
 
 @pytest.mark.single_backend
