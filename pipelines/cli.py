@@ -171,7 +171,7 @@ def fetch(dataset, from_dir, mirrors, extra, retries):
                    "The bytes are the same whichever runs the build.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (only once the new one is complete).")
 @click.option("--update-lock", is_flag=True, help="Record this build in the lock file if its version is new.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar (the store's summary is still printed).")
 @lock_option
 @_one_line_errors
 def build(name, out, source, source_dir, limit, workers, scheduler, overwrite, update_lock, quiet, lock_path, **options):
