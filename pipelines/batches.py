@@ -343,34 +343,21 @@ def cell_owners(cells: np.ndarray, height: int, width: int) -> np.ndarray:
     (top, left, height, width) (height 0: absent). A pixel goes with the cell nearest to it (city
     block distance to the box, 0 inside), and where two cells overlap (negative gaps) with the
     one whose centre column is nearer: each pixel belongs to exactly one cell (the first of equals)."""
+    b, y, x = (a.reshape(-1) for a in np.meshgrid(np.arange(len(cells)), np.arange(height), np.arange(width), indexing="ij"))
+    return owners_at(cells, height, width, b, y, x).reshape(len(cells), height, width)
+
+
+def owners_at(cells: np.ndarray, height: int, width: int, b: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """`cell_owners` at the pixels (b, y, x) (n,) only: (n,) int8."""
     top, left, h, w = (cells[..., i].astype(np.int32) for i in range(4))  # (B, 5)
-    y, x = np.arange(height, dtype=np.int32), np.arange(width, dtype=np.int32)
-    # The key (distance first, then the centre column) is a row part plus a column part: sum the
-    # two per cell and keep the running minimum, without a (B, 5, H, W) array.
-    rows = np.maximum(0, np.maximum(top[..., None] - y, y - (top + h - 1)[..., None])) * (4 * width)  # (B, 5, H)
-    outside_x = np.maximum(0, np.maximum(left[..., None] - x, x - (left + w - 1)[..., None]))
-    cols = outside_x * (4 * width) + np.abs(2 * x - (2 * left + w - 1)[..., None])  # (B, 5, W)
-    rows = np.where((h > 0)[..., None], rows, np.int32(2**30))  # absent cells lose to every present one
-    best = rows[:, 0, :, None] + cols[:, 0, None, :]
-    owners = np.zeros(best.shape, np.int8)
-    for k in range(1, cells.shape[1]):
-        key = rows[:, k, :, None] + cols[:, k, None, :]
-        nearer = key < best
-        np.copyto(best, key, where=nearer)
-        owners[nearer] = k
-    return owners
-
-
-def _paste_max(target: np.ndarray, source: np.ndarray, keep: np.ndarray, src: tuple[int, int], dst: tuple[int, int],
-               size: tuple[int, int]):
-    """target[dst : dst + size] = max(itself, source[src : src + size] where `keep` (H, W), else 0),
-    all cut to their arrays."""
-    (sy, sx), (dy, dx), (h, w) = src, dst, size
-    y0, x0 = max(0, -sy, -dy), max(0, -sx, -dx)
-    y1, x1 = min(h, source.shape[0] - sy, target.shape[0] - dy), min(w, source.shape[1] - sx, target.shape[1] - dx)
-    if y1 > y0 and x1 > x0:
-        window, cut = target[dy + y0 : dy + y1, dx + x0 : dx + x1], (slice(sy + y0, sy + y1), slice(sx + x0, sx + x1))
-        np.maximum(window, np.where(keep[cut][..., None], source[cut], 0), out=window)
+    rows, cols = np.arange(height, dtype=np.int32), np.arange(width, dtype=np.int32)
+    # The key (distance first, then the centre column) is a row part plus a column part.
+    row_key = np.maximum(0, np.maximum(top[..., None] - rows, rows - (top + h - 1)[..., None])) * (4 * width)  # (B, 5, H)
+    outside_x = np.maximum(0, np.maximum(left[..., None] - cols, cols - (left + w - 1)[..., None]))
+    col_key = outside_x * (4 * width) + np.abs(2 * cols - (2 * left + w - 1)[..., None])  # (B, 5, W)
+    row_key = np.where((h > 0)[..., None], row_key, np.int32(2**30))  # absent cells lose to every present one
+    keys = row_key.transpose(0, 2, 1)[b, y] + col_key.transpose(0, 2, 1)[b, x]  # (n, 5)
+    return np.argmin(keys, axis=1).astype(np.int8)  # the first of equals
 
 
 def permute_digits(images: np.ndarray, labels: np.ndarray, cells: np.ndarray, order: np.ndarray):
@@ -378,18 +365,28 @@ def permute_digits(images: np.ndarray, labels: np.ndarray, cells: np.ndarray, or
     (height 0 past the length), labels (B, 5): (images, labels) where cell j holds what cell
     `order[j]` (B, 5) held and label j is label `order[j]`. Each cell's content is its own pixels
     (`cell_owners`) within its box and `CELL_MARGIN` around it; it is pasted with its top-left
-    corner at the corner of the cell it goes to (cut at the border). Ink farther than the margin
-    from every cell is dropped. An unchanged order gives back the image wherever it has ink
-    within the margin."""
+    corner at the corner of the cell it goes to (cut at the border), taking the maximum where
+    pasted contents meet. Ink farther than the margin from every cell is dropped. An unchanged
+    order gives back the image wherever it has ink within the margin.
+
+    Only ink moves (a pasted 0 changes no maximum): each ink pixel goes, with its owner k, by
+    the offset from k's corner to the corner of the cell that receives k, all pixels of the batch
+    at once."""
+    height, width = images.shape[1:3]
+    ink = images[..., 0] if images.shape[-1] == 1 else images.max(axis=-1)  # (B, H, W)
+    b, y, x = np.unravel_index(np.flatnonzero(ink), ink.shape)  # (n,) the ink pixels (faster than np.nonzero)
+    k = owners_at(cells, height, width, b, y, x)
+    # Per cell (B, 5): the rows and columns its content is taken from (box and margin; none for an
+    # absent cell) and the offset to the corner of the cell that receives it.
+    top, left, h, w = (cells[..., i].astype(np.int32) for i in range(4))  # (B, 5)
+    m = np.where(h > 0, CELL_MARGIN, 0)
+    to = np.take_along_axis(cells[..., :2].astype(np.int32), np.argsort(order, axis=1)[..., None], axis=1)  # (B, 5, 2)
+    table = np.stack([top - m, top + h + m, left - m, left + w + m, to[..., 0] - top, to[..., 1] - left], axis=-1)
+    y0, y1, x0, x1, dy, dx = table.reshape(-1, 6)[b * cells.shape[1] + k].T  # (n,) each ink pixel's cell's
+    ty, tx = y + dy, x + dx
+    moves = (y >= y0) & (y < y1) & (x >= x0) & (x < x1) & (ty >= 0) & (ty < height) & (tx >= 0) & (tx < width)
     out = np.zeros_like(images)
-    owners = cell_owners(cells, *images.shape[1:3])  # (B, H, W)
-    m = CELL_MARGIN
-    for image, target, owner, boxes, to in zip(images, out, owners, cells, order):
-        for (new_top, new_left, _, _), k in zip(boxes, to):
-            top, left, h, w = boxes[k]
-            if h == 0:  # past the length
-                continue
-            _paste_max(target, image, owner == k, (top - m, left - m), (new_top - m, new_left - m), (h + 2 * m, w + 2 * m))
+    np.maximum.at(out, (b[moves], ty[moves], tx[moves]), images[b[moves], y[moves], x[moves]])
     return out, np.take_along_axis(labels, order, axis=1)
 
 

@@ -525,6 +525,50 @@ def test_permuting_nothing_gives_each_image_back_even_where_cells_overlap(sequen
     np.testing.assert_array_equal(same, labels)
 
 
+def _permute_cell_by_cell(images, labels, cells, order):
+    """permute_digits as first written: per image, per cell, paste the cell's own pixels (box and
+    margin) at its new corner with a maximum (the vectorised one must give the same bytes)."""
+    from pipelines.batches import CELL_MARGIN as m
+    from pipelines.batches import cell_owners
+
+    out = np.zeros_like(images)
+    owners = cell_owners(cells, *images.shape[1:3])
+    for image, target, owner, boxes, to in zip(images, out, owners, cells, order):
+        for (new_top, new_left, _, _), k in zip(boxes, to):
+            top, left, h, w = (int(v) for v in boxes[k])
+            if h == 0:
+                continue
+            for y in range(top - m, top + h + m):
+                for x in range(left - m, left + w + m):
+                    ty, tx = y - top + int(new_top), x - left + int(new_left)
+                    inside = 0 <= y < image.shape[0] and 0 <= x < image.shape[1]
+                    if inside and owner[y, x] == k and 0 <= ty < target.shape[0] and 0 <= tx < target.shape[1]:
+                        target[ty, tx] = np.maximum(target[ty, tx], image[y, x])
+    return out, np.take_along_axis(labels, order, axis=1)
+
+
+def test_permuting_pastes_what_a_cell_by_cell_paste_does_on_real_strips(sequences_store):
+    from pipelines.batches import digit_orders, permute_digits
+
+    images, labels = Split(open_store(sequences_store), "train").arrays
+    group = zarr.open_group(str(sequences_store), mode="r")["train"]
+    boxes, lengths = group["boxes"][:], group["lengths"][:]
+    overlapping = [i for i, (b, n) in enumerate(zip(boxes, lengths)) if _cells_overlap(b, n)]
+    chosen = np.array(overlapping[:12] + [i for i in range(len(images)) if i not in overlapping][:12])
+    for seed in range(3):
+        order = digit_orders(np.random.default_rng(seed), lengths[chosen])
+        got = permute_digits(images[chosen], labels[chosen], boxes[chosen], order)
+        want = _permute_cell_by_cell(images[chosen], labels[chosen], boxes[chosen], order)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    # Cells at the border, content cut where it lands outside, and three channels.
+    cells = np.array([[[0, 0, 6, 5], [3, 9, 8, 6], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]])
+    image = np.random.default_rng(0).integers(0, 3, (1, 10, 16, 3)).astype(np.uint8) * 100
+    swap = np.array([[1, 0, 2, 3, 4]])
+    got = permute_digits(image, np.array([[1, 2, 10, 10, 10]]), cells, swap)
+    np.testing.assert_array_equal(got[0], _permute_cell_by_cell(image, np.array([[1, 2, 10, 10, 10]]), cells, swap)[0])
+
+
 def test_overlapping_cells_split_their_shared_columns_and_carry_their_spill():
     from pipelines.batches import cell_owners, permute_digits
 
