@@ -1,12 +1,15 @@
 """How fast the training loader (`pipelines.batches.Batches`) makes batches under each
-augmentation, on a real store, in one thread: what a GPU run is held to when its step is faster.
+augmentation, on a real store: what a GPU run is held to when its step is faster.
 
     .venv/bin/python benchmarks/bench_loader.py --store /tmp/stores/mnist-sequences.zarr
+    .venv/bin/python benchmarks/bench_loader.py --store /tmp/stores/mnist-sequences.zarr --threads 1 2
     .venv/bin/python benchmarks/bench_loader.py --store /tmp/stores/mnist-pairs.zarr --recipes plain reposition
 
-The recipes take turns in each timed round (after one uncounted round), so a drift of the
-machine's speed hits them alike; each prints the median images/s over the rounds, their range,
-and the ratio to the plain loader (reading and shuffling only) timed in the same rounds.
+`--threads 1 2`: each recipe also with its batches asked for by two threads at once, in order,
+as the trainer's prefetching (Keras' ordered enqueuer, two workers) asks. The variants take
+turns in each timed round (after one uncounted round), so a drift of the machine's speed hits
+them alike; each prints the median images/s over the rounds, their range, and the ratio to the
+plain loader (reading and shuffling only) in one thread, timed in the same rounds.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from pipelines.batches import Batches
 from pipelines.reader import Split, open_store
@@ -28,10 +32,15 @@ RECIPES = {
 }
 
 
-def images_per_s(batches: Batches, count: int, first: int) -> float:
+def images_per_s(batches: Batches, count: int, first: int, threads: int) -> float:
     t0 = time.perf_counter()
-    for i in range(first, first + count):
-        batches[i]
+    if threads == 1:
+        for i in range(first, first + count):
+            batches[i]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in pool.map(batches.__getitem__, range(first, first + count)):
+                pass
     return count * batches.batch_size / (time.perf_counter() - t0)
 
 
@@ -42,21 +51,24 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=20, help="batches per timed round")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1], help="threads asking for batches at once")
     args = parser.parse_args()
     split = Split(open_store(args.store), "train")
     recipes = list(dict.fromkeys(["plain", *args.recipes]))
-    loaders = {r: Batches(split, args.batch_size, shuffle=True, drop_remainder=True, endless=True, **RECIPES[r]) for r in recipes}
-    runs = {r: [] for r in recipes}
+    variants = [(r, t) for r in recipes for t in dict.fromkeys([1, *args.threads])]
+    loaders = {v: Batches(split, args.batch_size, shuffle=True, drop_remainder=True, endless=True, **RECIPES[v[0]])
+               for v in variants}
+    runs = {v: [] for v in variants}
     for round_ in range(args.repeats + 1):
-        for r in recipes:
-            rate = images_per_s(loaders[r], args.batches, round_ * args.batches)
+        for v in variants:
+            rate = images_per_s(loaders[v], args.batches, round_ * args.batches, v[1])
             if round_:  # the first round reads the split and draws the epoch's augmentation
-                runs[r].append(rate)
-    base = statistics.median(runs["plain"])
-    print(f"{args.store} train, batch {args.batch_size}, {args.batches} batches x {args.repeats} rounds, one thread:")
-    for r in recipes:
-        rate = statistics.median(runs[r])
-        print(f"  {r:<11} {rate:>9,.0f} images/s ({min(runs[r]):,.0f}-{max(runs[r]):,.0f}), "
+                runs[v].append(rate)
+    base = statistics.median(runs[("plain", 1)])
+    print(f"{args.store} train, batch {args.batch_size}, {args.batches} batches x {args.repeats} rounds:")
+    for (r, t), rates in runs.items():
+        rate = statistics.median(rates)
+        print(f"  {r:<11} {t} thread{'s' if t > 1 else ' '} {rate:>9,.0f} images/s ({min(rates):,.0f}-{max(rates):,.0f}), "
               f"{rate / base:.3f}x plain, {1000 * args.batch_size / rate:.1f} ms a batch")
 
 

@@ -1,4 +1,4 @@
-"""Batches gathered ahead in a background thread (`Batches(prefetch=N)`, what visatt-train uses)
+"""Batches gathered ahead in background threads (`Batches(prefetch=N)`, what visatt-train uses)
 against none, on a real store: `model.fit` images/s in one process, the variants alternating.
 
     .venv/bin/python benchmarks/bench_prefetch.py --store sample60.zarr            # TensorFlow

@@ -115,7 +115,7 @@ class Batches(keras.utils.PyDataset):
         (`mnist-sequences` only; see the module docstring).
     rotate, shear: turn each image by up to `rotate` degrees either way and shear it by up to
         `shear` (x += k * y) either way, about its centre (see the module docstring); 0: none.
-    prefetch: gather up to this many batches ahead in a background thread (0: none).
+    prefetch: gather up to this many batches ahead in two background threads (0: none).
     auto_epoch: move to the next epoch's order when Keras ends an epoch (`on_epoch_end`).
     endless: index batches by the global step from the start of `epoch` (batch i is batch
         i mod len of epoch `epoch + i // len`) and report no length to Keras, which then feeds
@@ -131,8 +131,9 @@ class Batches(keras.utils.PyDataset):
                  rotate: float = 0.0, shear: float = 0.0, endless: bool = False,
                  auto_epoch: bool = False, prefetch: int = 0):
         # Threads, never processes: zarr must not run in forked workers. With `prefetch`, Keras'
-        # ordered enqueuer gathers up to that many batches ahead in a background thread while the
-        # model steps (batches are still made one at a time, under a lock, in index order).
+        # ordered enqueuer gathers up to that many batches ahead in two background threads while
+        # the model steps: each reads its batch under a lock and augments it side by side with the
+        # other (benchmarks/bench_loader.py --threads 1 2).
         super().__init__(workers=2 if prefetch else 1, use_multiprocessing=False, max_queue_size=max(1, prefetch))
         self._lock = threading.RLock()
         self.auto_epoch = auto_epoch
@@ -213,7 +214,7 @@ class Batches(keras.utils.PyDataset):
         if self.shift:
             shift_rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(SHIFT_KEY, epoch)))
             if self.keep_ink:
-                self._shifts = shift_rng.random(size=(len(split), 2))  # (N, 2), scaled per image in _batch
+                self._shifts = shift_rng.random(size=(len(split), 2))  # (N, 2), scaled per image in _augment
             else:
                 self._shifts = shift_rng.integers(-self.shift, self.shift + 1, size=(len(split), 2))  # (N, 2)
         if self.reposition:
@@ -229,9 +230,14 @@ class Batches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:  # the epoch order and the window cache are shared state
-            return self._batch(index)
+            images, labels, samples, draws = self._gather(index)
+        # The augmentation reads only the batch and its epoch's draws (arrays that a new epoch
+        # replaces, never changes), so the prefetching threads run it side by side.
+        return self._augment(images, labels, samples, draws)
 
-    def _batch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _gather(self, index: int):
+        """The batch's stored (images, labels), its samples' indices in the split and the draws of
+        its epoch (crop offsets, shifts, positions, orders, angles)."""
         if self.endless and index >= 0:
             self.set_epoch(self.first_epoch + index // len(self))
             index %= len(self)
@@ -245,19 +251,22 @@ class Batches(keras.utils.PyDataset):
             pick = position[window == w]
             images.append(data[0][pick])
             labels.append(data[1][pick])
-        images, labels = np.concatenate(images), np.concatenate(labels)
-        samples = self._order_index[sl]  # (B,) the batch's indices in the split
+        draws = {"placed": self._placed, "order": self._order, "affine": self._affine, "offsets": self._offsets,
+                 "shifts": self._shifts}
+        return np.concatenate(images), np.concatenate(labels), self._order_index[sl], draws  # (B,) indices in the split
+
+    def _augment(self, images: np.ndarray, labels: np.ndarray, samples: np.ndarray, draws: dict):
         if self.reposition:
-            images, labels = reposition_pairs(images, labels, self._boxes[samples], self._placed[samples])
+            images, labels = reposition_pairs(images, labels, self._boxes[samples], draws["placed"][samples])
         if self.permute:
-            images, labels = permute_digits(images, labels, self._cells[samples], self._order[samples])
-        if self._affine is not None:
-            images = affine_images(images, self._affine[samples, 0], self._affine[samples, 1])
+            images, labels = permute_digits(images, labels, self._cells[samples], draws["order"][samples])
+        if draws["affine"] is not None:
+            images = affine_images(images, draws["affine"][samples, 0], draws["affine"][samples, 1])
         if self.crop is not None:
-            offsets = self._offsets[samples] if self.random_crop else None
+            offsets = draws["offsets"][samples] if self.random_crop else None
             images = crop_images(images, self.crop, offsets)
         if self.shift:
-            shifts = self._shifts[samples]
+            shifts = draws["shifts"][samples]
             if self.keep_ink:
                 shifts = ink_keeping_shifts(images, self.shift, shifts, floor=self.ink_floor)
             images = shift_images(images, shifts)

@@ -121,7 +121,7 @@ def resume_run_spec(out, *, store=None, model=None, preset=None, overrides=(), h
     return dataclasses.replace(recorded, train=train, store=path)
 
 
-PREFETCH = 8  # training batches gathered ahead in a background thread (benchmarks/bench_trainer.py --prefetch)
+PREFETCH = 8  # training batches gathered ahead in two background threads (benchmarks/bench_trainer.py --prefetch)
 
 
 def check_same_data(recorded: dict, info: StoreInfo) -> None:

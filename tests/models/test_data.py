@@ -624,6 +624,27 @@ def test_digit_orders_are_uniform_over_each_lengths_orders():
     assert (orders[lengths == 5] != np.arange(5)).any(axis=1).mean() > 0.98
 
 
+def test_batches_made_by_threads_side_by_side_equal_those_made_one_by_one(sequences_store):
+    """What the trainer's prefetching does: several threads ask for batches (out of order, across
+    epochs); each batch is still its index's, augmentations and all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    split = Split(open_store(sequences_store), "train", memory_limit=40 * 64 * 64)  # streamed: windows too
+    assert not split.in_memory
+    options = dict(shuffle=True, seed=3, drop_remainder=True, endless=True, shift=4, keep_ink=True, permute=True,
+                   rotate=6.0, shear=0.1, crop=(60, 60), random_crop=True)
+    steps = 3 * len(Batches(split, 8, **{**options, "endless": False}))  # three epochs
+    sequential = Batches(split, 8, **options)
+    one_by_one = [sequential[i] for i in range(steps)]
+    threaded = Batches(split, 8, **options)
+    scrambled = np.random.default_rng(0).permutation(steps)
+    with ThreadPoolExecutor(4) as pool:
+        got = dict(zip(scrambled, pool.map(threaded.__getitem__, scrambled)))
+    for i, (images, labels) in enumerate(one_by_one):
+        np.testing.assert_array_equal(got[i][0], images)
+        np.testing.assert_array_equal(got[i][1], labels)
+
+
 def test_permute_needs_a_sequences_store_without_clutter_and_reads_checked_boxes(store, pairs_store, sequences_store, tmp_path):
     from visatt_models.config import TrainConfig
 
