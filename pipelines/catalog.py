@@ -71,10 +71,12 @@ def resolve(location) -> Path | str:
     cached = cached_path(*ref)
     if not cached.exists():
         name, version, source = ref
+        dataset = get_dataset(name)
+        build = f"`visatt-data build {name}{'' if source == dataset.family.sources[0] else ' --source ' + source} --cache`"
         raise StoreError(
             f"{name} {version} ({source}) is not in the cache ({cache_dir()}): `visatt-data get {name}@{version} "
-            f"--from LOCATION` copies a shared one; or `visatt-data build {name} --out PATH` builds one to pass as PATH "
-            f"(then `visatt-data get {name}@{version} --from PATH` caches it)"
+            f"--from LOCATION` copies a shared one; "
+            + (f"{build} builds it there" if version == dataset.version else f"this visatt builds {dataset.version} only")
         )
     return cached
 

@@ -131,6 +131,9 @@ def fetch(dataset, from_dir, mirrors, extra, retries):
 @click.argument("name", type=click.Choice(sorted(DATASETS)), metavar="NAME")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Store to write (default: ./NAME.zarr).")
+@click.option("--cache", "into_cache", is_flag=True,
+              help="Write the store into the local cache instead of --out, where a name finds it (visatt-train "
+                   "--store NAME); only a locked version with its frozen recipe (no recipe options, no --limit).")
 @click.option("--source", type=click.Choice(["mnist", "sample", "svhn"]), default=None,
               help="'mnist' (default for MNIST datasets): the real files in the cache (visatt-data fetch mnist); "
                    "'sample': the small real-MNIST sample shipped in the package (offline); "
@@ -174,7 +177,8 @@ def fetch(dataset, from_dir, mirrors, extra, retries):
 @click.option("--quiet", is_flag=True, help="No progress bar (the store's summary is still printed).")
 @lock_option
 @_one_line_errors
-def build(name, out, source, source_dir, limit, workers, scheduler, overwrite, update_lock, quiet, lock_path, **options):
+def build(name, out, into_cache, source, source_dir, limit, workers, scheduler, overwrite, update_lock, quiet, lock_path,
+          **options):
     """Build dataset NAME into a Zarr v3 store.
 
     The store is written beside --out and renamed into place when complete, so a failed or
@@ -182,6 +186,9 @@ def build(name, out, source, source_dir, limit, workers, scheduler, overwrite, u
     reproduce the lock's digests exactly. Options that change the recipe make an unlocked build.
     """
     _terminate_cleanly()
+    if into_cache:
+        out, ref = cache_target(name, source, out=out, limit=limit, update_lock=update_lock, lock_path=lock_path,
+                                **options)
     out = out or Path(f"{name}.zarr")
     build_dataset(
         name, out, source=source, source_dir=source_dir, limit=limit, workers=workers, scheduler=local_scheduler(scheduler, workers, name),
@@ -189,10 +196,31 @@ def build(name, out, source, source_dir, limit, workers, scheduler, overwrite, u
     )
     info = store_info(out)
     click.echo(format_info(info))
+    if into_cache:
+        click.echo(f"cached: its name finds it (visatt-train --store {ref}, pipelines.load({ref!r}))")
     empty = [split for split, entry in info["splits"].items() if entry["samples"] == 0]
     if empty:  # a small --limit times --val-fraction rounds to 0
         click.echo(f"note: no {' or '.join(empty)} samples: visatt-train needs train and val (raise --limit or "
                    "--val-fraction)", err=True)
+
+
+def cache_target(name: str, source: str | None, *, out, limit, update_lock: bool, lock_path, **options):
+    """(where, name[:source]): where `build --cache` writes NAME's current version, its place in the
+    cache, once the build is known to be the locked one (refused in one line otherwise), and the
+    name that finds it there."""
+    given = sorted(f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None)
+    for flag, used in (("--out", out is not None), ("--limit", limit is not None), ("--update-lock", update_lock)):
+        if used:
+            given.insert(0, flag)
+    if given:
+        raise click.UsageError(f"--cache builds the frozen recipe of a locked version: drop {', '.join(given)}")
+    dataset = get_dataset(name)
+    source = source or dataset.family.sources[0]
+    lock = Lock(lock_path)
+    if lock.entry(name, dataset.version, source) is None:
+        raise click.ClickException(f"{name} {dataset.version} ({source}) is not locked in {lock.path}: only a locked "
+                                   f"version goes into the cache (build it with --out PATH)")
+    return catalog.cached_path(name, dataset.version, source), name if source == dataset.family.sources[0] else f"{name}:{source}"
 
 
 LOCATION_HELP = (

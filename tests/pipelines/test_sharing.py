@@ -117,6 +117,23 @@ def test_get_copies_a_packed_store_from_http_into_the_cache_and_names_find_it(ur
     assert "OK" in cli("verify", cached).output
 
 
+def test_build_into_the_cache_takes_only_a_locked_version_and_its_name_finds_it(home):
+    built = cli("build", NAME, "--source", "sample", "--cache", "--quiet").output
+    cached = home / "stores" / f"{NAME}-1.0.0-sample.zarr"
+    assert f"{cached}: {NAME} 1.0.0 (frozen)" in built
+    assert built.splitlines()[-1] == f"cached: its name finds it (visatt-train --store {NAME}:sample, pipelines.load('{NAME}:sample'))"
+    assert store.store_attrs(cached)["digests"] == Lock().entry(NAME, "1.0.0", "sample")["digests"]
+    assert "OK, every digest matches" in cli("verify", f"{NAME}:sample").output
+    assert f"[cached: {cached}]" in cli("list").output
+    again = cli("build", NAME, "--source", "sample", "--cache", "--quiet", ok=False)
+    assert again.exit_code == 1 and "already exists (use --overwrite" in again.output
+    custom = cli("build", NAME, "--source", "sample", "--cache", "--limit", 5, "--canvas", 40, ok=False)
+    assert custom.exit_code == 2 and "--cache builds the frozen recipe of a locked version: drop --limit, --canvas" in custom.output
+    unlocked = cli("build", "svhn", "--cache", ok=False)
+    assert unlocked.exit_code == 1 and "svhn 1.0.0 (svhn) is not locked in" in unlocked.output
+    assert sorted(p.name for p in (home / "stores").iterdir()) == [cached.name]
+
+
 def test_get_refuses_another_dataset_or_an_unlocked_version_and_leaves_nothing(url, home):
     other = cli("get", "mnist-cluttered:sample", "--from", f"{url}/{PACKED}", ok=False)
     assert other.exit_code == 1 and f"holds {NAME} 1.0.0 (sample), not mnist-cluttered 1.0.0 (sample)" in other.output
@@ -124,7 +141,7 @@ def test_get_refuses_another_dataset_or_an_unlocked_version_and_leaves_nothing(u
     assert unknown.exit_code == 1 and "not a frozen version" in unknown.output
     missing = cli("verify", f"{NAME}:sample", ok=False)
     assert missing.exit_code == 1 and "is not in the cache" in missing.output and "visatt-data get" in missing.output
-    assert "builds one to pass as PATH (then `visatt-data get" in missing.output
+    assert f"`visatt-data build {NAME} --source sample --cache` builds it there" in missing.output
     assert not (home / "stores").exists() or not any((home / "stores").iterdir())
 
 
