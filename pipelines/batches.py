@@ -231,8 +231,9 @@ class Batches(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:  # the epoch order and the window cache are shared state
             images, labels, samples, draws = self._gather(index)
-        # The augmentation reads only the batch and its epoch's draws (arrays that a new epoch
-        # replaces, never changes), so the prefetching threads run it side by side.
+        # The augmentation reads the batch, its epoch's draws (arrays that a new epoch replaces,
+        # never changes) and what __init__ set (settings, boxes), so the prefetching threads run
+        # it side by side.
         return self._augment(images, labels, samples, draws)
 
     def _gather(self, index: int):

@@ -72,12 +72,15 @@ def resolve(location) -> Path | str:
     if not cached.exists():
         name, version, source = ref
         dataset = get_dataset(name)
-        build = f"`visatt-data build {name}{'' if source == dataset.family.sources[0] else ' --source ' + source} --cache`"
-        raise StoreError(
-            f"{name} {version} ({source}) is not in the cache ({cache_dir()}): `visatt-data get {name}@{version} "
-            f"--from LOCATION` copies a shared one; "
-            + (f"{build} builds it there" if version == dataset.version else f"this visatt builds {dataset.version} only")
-        )
+        options = "" if source == dataset.family.sources[0] else f" --source {source}"
+        if version != dataset.version:
+            build = f"this visatt builds {dataset.version} only"
+        elif Lock().entry(name, version, source) is not None:
+            build = f"`visatt-data build {name}{options} --cache` builds it there"
+        else:  # only a locked version goes into the cache
+            build = f"`visatt-data build {name}{options} --out PATH` builds one (unlocked) to pass as PATH"
+        raise StoreError(f"{name} {version} ({source}) is not in the cache ({cache_dir()}): `visatt-data get "
+                         f"{name}@{version} --from LOCATION` copies a shared one; {build}")
     return cached
 
 

@@ -33,16 +33,19 @@ def os_error_line(e: OSError) -> str:
     return f"{where}: {e.strerror or e}" if where else str(e.strerror or e)
 
 
-def _one_line_errors(fn):
+def _one_line_errors(fn, exit_code: int = 1):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except _ERRORS as e:
-            message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            raise click.ClickException(str(message).splitlines()[0]) from None
-        except OSError as e:  # a full disk, a read-only or special file system, a file in the way
-            raise click.ClickException(os_error_line(e)) from None
+        except (*_ERRORS, OSError) as e:  # OSError: a full disk, a read-only file system, a file in the way
+            if isinstance(e, OSError) and not isinstance(e, _ERRORS):
+                message = os_error_line(e)
+            else:
+                message = str(e.args[0] if isinstance(e, KeyError) and e.args else e).splitlines()[0]
+            error = click.ClickException(message)
+            error.exit_code = exit_code
+            raise error from None
 
     return wrapper
 
@@ -208,10 +211,9 @@ def cache_target(name: str, source: str | None, *, out, limit, update_lock: bool
     """(where, name[:source]): where `build --cache` writes NAME's current version, its place in the
     cache, once the build is known to be the locked one (refused in one line otherwise), and the
     name that finds it there."""
-    given = sorted(f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None)
-    for flag, used in (("--out", out is not None), ("--limit", limit is not None), ("--update-lock", update_lock)):
-        if used:
-            given.insert(0, flag)
+    given = [flag for flag, used in (("--out", out is not None), ("--limit", limit is not None),
+                                     ("--update-lock", update_lock)) if used]
+    given += sorted(f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None)
     if given:
         raise click.UsageError(f"--cache builds the frozen recipe of a locked version: drop {', '.join(given)}")
     dataset = get_dataset(name)
@@ -301,24 +303,25 @@ def list_cmd(lock_path):
 @click.argument("first", metavar="VERSION[:SOURCE]")
 @click.argument("second", metavar="VERSION[:SOURCE]")
 @lock_option
-@_one_line_errors
+@functools.partial(_one_line_errors, exit_code=2)  # trouble, as diff(1) says
 def diff(name, first, second, lock_path):
     """Show what differs between two locked versions (or sources) of NAME: recipe, sources, arrays.
 
-    Exit 0 when the two entries are identical, 1 when anything differs (as diff(1) does).
+    Exit 0 when the two entries are identical, 1 when anything differs, 2 when they cannot be
+    compared (an entry missing from the lock), as diff(1) does.
 
     \b
     Example: visatt-data diff mnist-cluttered 1.0.0 1.0.0:sample
     """
-    lock = Lock(lock_path)
-    lines = diff_entries(lock, name, first, second)
+    lines, identical = diff_entries(Lock(lock_path), name, first, second)
     for line in lines:
         click.echo(line)
-    if not lines[1].startswith("  identical"):
+    if not identical:
         raise click.exceptions.Exit(1)
 
 
-def diff_entries(lock: Lock, name: str, first: str, second: str) -> list[str]:
+def diff_entries(lock: Lock, name: str, first: str, second: str) -> tuple[list[str], bool]:
+    """(the lines that say what differs between two locked entries, whether they are identical)."""
     entries = []
     for ref in (first, second):
         version, _, source = ref.partition(":")
@@ -343,9 +346,10 @@ def diff_entries(lock: Lock, name: str, first: str, second: str) -> list[str]:
     differ = compare(a["digests"], b["digests"])
     lines.append(f"  arrays: {len(differ)} differ" + (f" ({', '.join(differ)})" if differ else "")
                  + f", {len(same)} identical")
-    if len(lines) == 2 and not differ:
+    identical = len(lines) == 2 and not differ
+    if identical:
         lines.insert(1, "  identical: same recipe, sources and bytes")
-    return lines
+    return lines, identical
 
 
 @main.command(epilog=LOCATION_HELP)

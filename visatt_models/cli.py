@@ -80,9 +80,10 @@ def _import_training():
         import keras  # (the backend's import is what prints)
 
         if keras.backend.backend() != "tensorflow" and importlib.util.find_spec("tensorflow"):
-            # keras.utils.set_random_seed (training, prediction) seeds TensorFlow whenever it is
-            # installed, importing it after this context under the JAX backend
-            import tensorflow  # noqa: F401
+            # keras.utils.set_random_seed (training, evaluation, prediction) seeds TensorFlow
+            # whenever it imports, importing it after this context under the JAX backend
+            with contextlib.suppress(ImportError):  # Keras then leaves it alone, and so do we
+                import tensorflow  # noqa: F401
 
         from visatt_models import train as training
     return training

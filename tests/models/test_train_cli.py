@@ -172,6 +172,18 @@ def test_the_command_prints_a_line_per_epoch_to_a_pipe_and_keeps_tensorflow_star
         assert chatter not in done.stderr, done.stderr
 
 
+@pytest.mark.single_backend  # the backend is the subprocess's
+def test_under_jax_a_tensorflow_that_does_not_import_is_left_alone(tmp_path):
+    """Keras seeds TensorFlow only when it imports; the quiet start-up must not require it either."""
+    broken = tmp_path / "site" / "tensorflow"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('a broken TensorFlow install')\n")
+    env = os.environ | {"KERAS_BACKEND": "jax", "PYTHONPATH": str(tmp_path / "site")}
+    code = "from visatt_models.cli import _import_training; import keras; _import_training(); keras.utils.set_random_seed(0)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.single_backend  # run-folder and CLI logic; the JAX pass checks resume exactness
 def test_a_time_limit_ends_the_session_after_an_epoch_and_resume_finishes_the_run(store, tmp_path):
     out = tmp_path / "limited"

@@ -129,8 +129,14 @@ def test_build_into_the_cache_takes_only_a_locked_version_and_its_name_finds_it(
     assert again.exit_code == 1 and "already exists (use --overwrite" in again.output
     custom = cli("build", NAME, "--source", "sample", "--cache", "--limit", 5, "--canvas", 40, ok=False)
     assert custom.exit_code == 2 and "--cache builds the frozen recipe of a locked version: drop --limit, --canvas" in custom.output
+    elsewhere = cli("build", NAME, "--source", "sample", "--cache", "--out", home / "x.zarr", "--update-lock", ok=False)
+    assert elsewhere.exit_code == 2 and "drop --out, --update-lock" in elsewhere.output
     unlocked = cli("build", "svhn", "--cache", ok=False)
     assert unlocked.exit_code == 1 and "svhn 1.0.0 (svhn) is not locked in" in unlocked.output
+    # What a name not in the cache says to do: only what the command would then do.
+    hint = lambda ref: cli("verify", ref, ok=False).output
+    assert "`visatt-data build svhn --out PATH` builds one (unlocked) to pass as PATH" in hint("svhn")
+    assert "this visatt builds 1.0.0 only" in hint(f"{NAME}@0.9.0:sample")
     assert sorted(p.name for p in (home / "stores").iterdir()) == [cached.name]
 
 
@@ -201,7 +207,7 @@ def test_list_shows_release_notes_and_diff_names_what_differs(tmp_path):
     assert "  recipe clutter_count: 4 -> 6" in diff
     assert any(line.startswith("  arrays: 1 differ (train/images)") for line in diff)
     missing = cli("diff", NAME, "1.0.0:sample", "3.0.0:sample", "--lock", two, ok=False)
-    assert missing.exit_code == 1 and "locked: 1.0.0:sample, 2.0.0:sample" in missing.output
+    assert missing.exit_code == 2 and "locked: 1.0.0:sample, 2.0.0:sample" in missing.output  # trouble, not a difference
 
 
 def test_a_missing_lock_path_from_the_environment_is_not_the_packaged_one(tmp_path, monkeypatch):
