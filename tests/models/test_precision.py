@@ -116,6 +116,7 @@ def store(tmp_path_factory):
     return tiny_store(tmp_path_factory.mktemp("stores") / "sequences.zarr", name="mnist-sequences", limit=64, canvas=40)
 
 
+@pytest.mark.single_backend  # run-folder and CLI logic; the mixed model itself is tested above on both backends
 def test_a_mixed_run_trains_records_its_precision_and_evaluates_mixed(store, tmp_path):
     out, again = tmp_path / "mixed", tmp_path / "again"
     for folder in (out, again):
@@ -137,6 +138,7 @@ def test_a_mixed_run_trains_records_its_precision_and_evaluates_mixed(store, tmp
     assert bad.exit_code == 1 and "trains in float32 only" in bad.output and not (tmp_path / "ram").exists()
 
 
+@pytest.mark.single_backend  # the script's options and output; the models under each policy are tested above
 def test_bench_sequence_times_each_model_under_each_precision():
     import re
     import subprocess

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from stores import tiny_store
 
@@ -29,6 +30,7 @@ def test_cell_ink_counts_shared_and_outside_pixels():
     assert sequence_cells.line("x", np.array([2, 0, 4, 0])) == "x: 50.0% of images, 3.0 pixels on average where any"
 
 
+@pytest.mark.single_backend  # numpy only: nothing of Keras' backend runs
 def test_the_script_reads_a_sequences_store_and_refuses_others(tmp_path):
     store = tiny_store(tmp_path / "sequences.zarr", name="mnist-sequences", limit=40, canvas=64)
     done = subprocess.run([sys.executable, ROOT / "benchmarks" / "sequence_cells.py", "--store", store], capture_output=True,
