@@ -120,7 +120,8 @@ def store(tmp_path_factory):
 def test_a_mixed_run_trains_records_its_precision_and_evaluates_mixed(store, tmp_path):
     out, again = tmp_path / "mixed", tmp_path / "again"
     for folder in (out, again):
-        run(train_main, ["--store", store, "--out", folder, "--epochs", 1, "--batch-size", 16, "--precision", MIXED, *CNN])
+        run(train_main, ["--store", store, "--out", folder, "--epochs", 1, "--batch-size", 16, "--precision", MIXED,
+                         "--no-plots", *CNN])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["train"]["precision"] == MIXED
     rows = [next(csv.DictReader((folder / "log.csv").open())) for folder in (out, again)]
