@@ -69,6 +69,10 @@ class CNNConfig:
     blocks: modern only: basic blocks per stage.
     rnn: `pool="columns"` only: units per direction of a bidirectional LSTM over the frames
         (0: none), dropout `dense_dropout` after it; `dense` then applies to each frame.
+    full_res_stages: modern only: the first this many stages keep the resolution (stride 1)
+        and the later ones stride as above, so every map after the stem is twice as large each
+        way (a 13-pixel digit stays 13 pixels wide into the first stage instead of ~6) at about
+        4x the compute; the frames of `pool="columns"` stay one per 4-pixel band. 0: none.
     """
 
     arch: Literal["seed", "modern"] = "seed"
@@ -79,6 +83,7 @@ class CNNConfig:
     dense_dropout: float = 0.5
     blocks: int = 1
     rnn: int = 0
+    full_res_stages: int = 0
 
     def __post_init__(self):
         if self.arch not in DEFAULT_WIDTHS:
@@ -102,6 +107,9 @@ class CNNConfig:
             raise ValueError("pool='columns' is the modern CNN's (arch=modern)")
         if self.rnn and self.pool != "columns":
             raise ValueError("rnn reads frames: it needs pool='columns'")
+        if self.full_res_stages and (self.arch != "modern" or not 0 < self.full_res_stages < len(self.widths) - 1):
+            raise ValueError(f"full_res_stages is the modern CNN's: 0 to its stages less one ({len(self.widths) - 2}), "
+                             f"got {self.full_res_stages}")
         check_rates(self, "dropout", "dense_dropout")
 
 
@@ -197,7 +205,8 @@ def feature_layers(c: CNNConfig) -> list:
         ]
     features = [ConvBN(c.widths[0])]  # stem at full resolution
     for stage, width in enumerate(c.widths[1:]):
-        strides = (2, 1) if c.pool == "columns" and stage >= COLUMN_STAGES else 2
+        strided = stage - c.full_res_stages  # strided stages before this one (negative: full resolution)
+        strides = 1 if strided < 0 else (2, 1) if c.pool == "columns" and strided >= COLUMN_STAGES else 2
         features.append(BasicBlock(width, strides=strides))
         features.extend(BasicBlock(width) for _ in range(c.blocks - 1))
     pool = {"average": layers.GlobalAveragePooling2D, "flatten": layers.Flatten, "columns": ColumnPool}[c.pool]
@@ -220,7 +229,7 @@ def check_frames(task, frames: bool) -> None:
 
 
 def column_frames(width: int, stages: int) -> int:
-    """Frames of a `pool="columns"` backbone with `stages` stages on images `width` pixels wide."""
+    """Frames of a `pool="columns"` backbone with `stages` strided stages on images `width` pixels wide."""
     for _ in range(min(stages, COLUMN_STAGES)):
         width = math.ceil(width / 2)
     return width
@@ -275,7 +284,7 @@ class CNN(VisattModel):
     @classmethod
     def check_input(cls, task, config, image_shape) -> None:
         if cls.makes_frames(config):
-            check_column_frames(task, image_shape[1], len(config.widths) - 1)
+            check_column_frames(task, image_shape[1], len(config.widths) - 1 - config.full_res_stages)
 
     def call(self, images, training=False):
         x = ops.cast(images, "float32") / 255.0  # (B, H, W, C) in [0, 1]

@@ -171,6 +171,35 @@ def test_column_frames_read_left_to_right_and_the_lstm_gives_each_frame_the_whol
     assert changed[16].all()
 
 
+def test_full_resolution_stages_keep_the_maps_twice_as_large_and_the_frames_as_they_were():
+    from visatt_models.cnn import BasicBlock
+    from visatt_models.tasks import SequenceTask
+
+    images = batch(n=2, size=64)[0]
+    maps = {}
+    for full in (0, 1):
+        config = CNNConfig(arch="modern", widths=(4, 8, 8, 8), pool="columns", rnn=4, full_res_stages=full)
+        model = CNN(config, SequenceTask(head="ctc"))
+        assert tuple(model(images)["ctc_logits"].shape) == (2, 16, 11)  # one frame per 4-pixel band either way
+        blocks = [layer for layer in model.features if isinstance(layer, BasicBlock)]
+        assert [b.strides for b in blocks] == ([2, 2, (2, 1)] if full == 0 else [1, 2, 2])
+        x = keras.ops.cast(images, "float32") / 255.0
+        for layer in model.features[: 1 + len(blocks)]:
+            x = layer(x)
+        maps[full] = tuple(x.shape)
+    assert maps == {0: (2, 8, 16, 8), 1: (2, 16, 16, 8)}  # the final map: twice the rows, the same columns
+    # The frame count before any model is built counts the strided stages only.
+    two = CNNConfig(arch="modern", widths=(4, 8, 8, 8), pool="columns", full_res_stages=2)
+    CNN.check_input(SequenceTask(head="ctc"), two, (64, 18, 1))  # 18 -> 9 frames (one strided stage)
+    with pytest.raises(ValueError, match="needs at least 9 frames for 5 digits; 16-pixel-wide images give 8"):
+        CNN.check_input(SequenceTask(head="ctc"), two, (64, 16, 1))
+    for bad in (3, -1):
+        with pytest.raises(ValueError, match="full_res_stages is the modern CNN's: 0 to its stages less one \\(2\\)"):
+            CNNConfig(arch="modern", widths=(4, 8, 8, 8), full_res_stages=bad)
+    with pytest.raises(ValueError, match="full_res_stages is the modern CNN's"):
+        CNNConfig(arch="seed", full_res_stages=1)
+
+
 def test_column_frames_need_the_ctc_head_and_enough_columns():
     from visatt_models.tasks import SequenceTask
 
