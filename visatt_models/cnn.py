@@ -72,7 +72,7 @@ class CNNConfig:
     full_res_stages: modern only: the first this many stages keep the resolution (stride 1)
         and the later ones stride as above, so every map after the stem is twice as large each
         way (a 13-pixel digit stays 13 pixels wide into the first stage instead of ~6) at about
-        4x the compute; the frames of `pool="columns"` stay one per 4-pixel band. 0: none.
+        3x the FLOPs; the frames of `pool="columns"` stay one per 4-pixel band. 0: none.
     """
 
     arch: Literal["seed", "modern"] = "seed"

@@ -251,8 +251,8 @@ RUNS = [
           ("stn-ctc", "stn", "st-cnn-ctc", ()))),
     # Two thirds of the ctc CNN's errors are in 4- and 5-digit strips, whose digits (~13 pixels
     # across) are ~6 pixels wide after its first stride-2 stage (docs/results.md, "A CTC head"): the
-    # ctc CNN with its first stage at full resolution (~4x the compute; `full_res_stages=1`) against
-    # the wide one above (3x), resolution against width. Not in a call yet.
+    # ctc CNN with its first stage at full resolution (`full_res_stages=1`: 0.343 GFLOPs an image
+    # against 0.111) against the wide one above (0.440), resolution against width. Not in a call yet.
     Run("cnn-ctc-hires-seq-keepink8-permute-cosine-wd", "mnist-sequences", "cnn", "modern-seq-ctc", ("full_res_stages=1",),
         cosine(40, head="ctc", weight_decay=0.05, shift=8, shift_keep_ink=True, permute=True)),
     # The same with each training image slanted and turned (`--shear 0.15 --rotate 8`). On the CPU it
