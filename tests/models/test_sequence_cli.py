@@ -126,6 +126,7 @@ def _trains_with(flag: str, store, tmp_path):
     assert loss[0] != loss[1]
 
 
+@pytest.mark.single_backend  # the loader's options through the CLI; the loader is numpy, the model's JAX path tested apart
 def test_reposition_trains_mnist_pairs_and_refuses_other_stores(store, tmp_path):
     _trains_with("--reposition", tiny_store(tmp_path / "pairs.zarr", name="mnist-pairs", limit=48, canvas=84), tmp_path)
     for other in (store, tiny_store(tmp_path / "touching.zarr", name="mnist-pairs", limit=16, canvas=84, overlap=True)):
@@ -134,6 +135,7 @@ def test_reposition_trains_mnist_pairs_and_refuses_other_stores(store, tmp_path)
         assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.single_backend  # the loader's options through the CLI; the loader is numpy, the model's JAX path tested apart
 def test_permute_trains_mnist_sequences_and_refuses_other_stores(store, tmp_path):
     _trains_with("--permute", store, tmp_path)
     pairs = tiny_store(tmp_path / "pairs.zarr", name="mnist-pairs", limit=16, canvas=84)
@@ -144,6 +146,7 @@ def test_permute_trains_mnist_sequences_and_refuses_other_stores(store, tmp_path
     assert both.exit_code == 1 and "exclude each other" in both.output and not (tmp_path / "both").exists()
 
 
+@pytest.mark.single_backend  # the loader's options through the CLI; the loader is numpy, the model's JAX path tested apart
 def test_rotate_and_shear_reach_the_training_batches_and_are_recorded(store, tmp_path):
     out, plain = tmp_path / "turned", tmp_path / "plain"
     run(train_main, ["--store", store, "--out", out, "--epochs", 1, "--batch-size", 16, "--rotate", 10, "--shear", 0.2, *CNN])
