@@ -38,14 +38,13 @@ def _one_line_errors(fn, exit_code: int = 1):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (*_ERRORS, OSError) as e:  # OSError: a full disk, a read-only file system, a file in the way
-            if isinstance(e, OSError) and not isinstance(e, _ERRORS):
-                message = os_error_line(e)
-            else:
-                message = str(e.args[0] if isinstance(e, KeyError) and e.args else e).splitlines()[0]
-            error = click.ClickException(message)
-            error.exit_code = exit_code
-            raise error from None
+        except _ERRORS as e:
+            message = str(e.args[0] if isinstance(e, KeyError) and e.args else e).splitlines()[0]
+        except OSError as e:  # a full disk, a read-only or special file system, a file in the way
+            message = os_error_line(e)
+        error = click.ClickException(message)
+        error.exit_code = exit_code
+        raise error
 
     return wrapper
 
